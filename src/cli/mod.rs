@@ -1,0 +1,187 @@
+//! The command line: `lofi-viewer [PATH…]` opens the GUI; `lofi-viewer --headless COMMAND` runs a
+//! batch command that prints JSON on stdout (progress and logs on stderr). Errors are reported as
+//! one line on stderr with a non-zero exit status.
+
+pub mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// lofi-viewer: chest X-ray workstation with local LoFi grounding and similar-case search.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lofi-viewer",
+    version,
+    about,
+    args_conflicts_with_subcommands = false
+)]
+pub struct Cli {
+    /// Run a batch command without a window (JSON on stdout).
+    #[arg(long)]
+    pub headless: bool,
+    /// Model directory (default: $LOFI_MODEL, else the bundled models/lofi-tiny).
+    #[arg(long, global = true)]
+    pub model: Option<PathBuf>,
+    /// Compute device: cpu, cuda or metal (default: best available).
+    #[arg(long, global = true)]
+    pub device: Option<String>,
+    /// Prior-case store: a path, or milvus://HOST:PORT/COLLECTION (default: `priors` in the data dir).
+    #[arg(long, global = true)]
+    pub store: Option<String>,
+    /// GUI: run grounding for this phrase once the image is open.
+    #[arg(long)]
+    pub phrase: Option<String>,
+    /// GUI: save a screenshot to this PNG once everything is shown, then exit.
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `lofi_viewer=debug`.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log: String,
+    /// Headless command.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// GUI: DICOM files, folders (recursive), DICOMDIR, or PNG/JPEG images to open.
+    pub paths: Vec<PathBuf>,
+}
+
+/// Headless commands (interface.md).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read metadata of an image.
+    Info {
+        /// DICOM, PNG or JPEG file.
+        file: PathBuf,
+    },
+    /// Render the displayed image as an 8-bit PNG (same VOI pipeline as the GUI).
+    Render {
+        /// Input file.
+        file: PathBuf,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Window centre,width.
+        #[arg(long, value_parser = parse_pair, allow_hyphen_values = true)]
+        window: Option<(f64, f64)>,
+        /// Invert the output.
+        #[arg(long)]
+        invert: bool,
+        /// Frame (0-based).
+        #[arg(long, default_value_t = 0)]
+        frame: u32,
+    },
+    /// One embedding of an image or a text.
+    Embed {
+        /// Image file.
+        #[arg(long, conflicts_with = "text")]
+        image: Option<PathBuf>,
+        /// Text.
+        #[arg(long)]
+        text: Option<String>,
+    },
+    /// Phrase grounding.
+    Ground {
+        /// Image file.
+        #[arg(long)]
+        image: PathBuf,
+        /// Finding phrase.
+        #[arg(long)]
+        phrase: String,
+        /// In-context examples from the store (K nearest annotated cases).
+        #[arg(long, default_value_t = 0)]
+        shots: usize,
+    },
+    /// Grounded captioning of a region.
+    Describe {
+        /// Image file.
+        #[arg(long)]
+        image: PathBuf,
+        /// X1,Y1,X2,Y2 in image pixels.
+        #[arg(long = "box", value_parser = parse_box)]
+        bbox: [f32; 4],
+    },
+    /// Dense captioning: every finding with its box.
+    Findings {
+        /// Image file.
+        #[arg(long)]
+        image: PathBuf,
+    },
+    /// Report text.
+    Caption {
+        /// Image file.
+        #[arg(long)]
+        image: PathBuf,
+    },
+    /// Convert the NIH CSV layout into a manifest.
+    ImportNih {
+        /// Folder with images/, labels.csv and phrases.jsonl or boxes.csv.
+        dir: PathBuf,
+        /// Output manifest (JSONL).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train LoFi.
+    Finetune {
+        /// Training manifest.
+        #[arg(long)]
+        data: PathBuf,
+        /// Validation manifest (default: a patient-level split of --data).
+        #[arg(long)]
+        val: Option<PathBuf>,
+        /// Output folder (checkpoints, metrics.jsonl, model/).
+        #[arg(long)]
+        out: PathBuf,
+        /// Start from this model directory.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// HF SigLIP / SigLIP 2 folder to start the towers from.
+        #[arg(long)]
+        init_siglip: Option<PathBuf>,
+        /// HF Gemma 3 folder to start the decoder from.
+        #[arg(long)]
+        init_gemma: Option<PathBuf>,
+        /// Training configuration (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Optimizer steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Images per batch.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Peak learning rate.
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Checkpoint every N steps.
+        #[arg(long)]
+        save_every: Option<usize>,
+        /// Continue the run in --out exactly.
+        #[arg(long)]
+        resume: bool,
+        /// Seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+fn parse_pair(s: &str) -> Result<(f64, f64), String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>().map_err(|e| format!("{x:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [a, b] if a.is_finite() && b.is_finite() => Ok((*a, *b)),
+        _ => Err("expected two numbers: CENTER,WIDTH".into()),
+    }
+}
+
+fn parse_box(s: &str) -> Result<[f32; 4], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>().map_err(|e| format!("{x:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [a, b, c, d] if v.iter().all(|x| x.is_finite()) && c > a && d > b => Ok([*a, *b, *c, *d]),
+        _ => Err("expected X1,Y1,X2,Y2 with X2 > X1 and Y2 > Y1".into()),
+    }
+}

@@ -1,0 +1,545 @@
+//! Serde configuration of every LoFi component, read from `config.json`, and the named presets.
+//!
+//! Field names follow the Hugging Face configs (`SiglipVisionConfig`, `SiglipTextConfig`,
+//! `Gemma3TextConfig`) so an HF `config.json` maps onto these structs with little translation.
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_channels() -> usize {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+fn default_text_len() -> usize {
+    64
+}
+
+/// How the patch embedding weight is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchEmbedding {
+    /// `Conv2d(C, D, p, stride p)`: weight `(D, C, p, p)` (SigLIP, fixed-resolution SigLIP 2).
+    #[default]
+    Conv,
+    /// `Linear(p·p·C, D)` over patches flattened as `(p, p, C)` (SigLIP 2 NaFlex).
+    Linear,
+}
+
+/// SigLIP-style ViT image encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisionConfig {
+    /// Token width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Input channels (3 for HF checkpoints; 1 is enough for radiographs trained from scratch).
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    /// Image size the position embeddings were trained at (its grid is interpolated to others).
+    pub image_size: usize,
+    /// Square patch side in pixels.
+    pub patch_size: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Layout of the patch embedding weight.
+    #[serde(default)]
+    pub patch_embedding: PatchEmbedding,
+    /// Whether the pooled-embedding MAP head exists (`vision_model.head.*`).
+    #[serde(default = "default_true")]
+    pub vision_use_head: bool,
+}
+
+impl VisionConfig {
+    /// Patches per side at the pretrained image size.
+    pub fn base_grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+}
+
+/// SigLIP-style text encoder (last-token pooling + `head` Linear).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextConfig {
+    /// Token vocabulary of the text tower.
+    pub vocab_size: usize,
+    /// Token width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Fixed text length (SigLIP pads every text to this length).
+    #[serde(default = "default_text_len")]
+    pub max_position_embeddings: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Output width of `head` (must equal the vision width for the sigmoid loss).
+    #[serde(default)]
+    pub projection_size: Option<usize>,
+}
+
+/// Layout of the MAP projector weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectorLayout {
+    /// One MAP block with M probes (our own configs; small).
+    #[default]
+    SingleBlock,
+    /// M separate MAP heads of one probe each (the official LoFi checkpoints).
+    SeparateHeads,
+}
+
+/// Image-to-decoder projector: MAP pooling to M tokens, then a 2-layer MLP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectorConfig {
+    /// M, the number of image tokens the decoder reads.
+    pub num_tokens: usize,
+    /// Average-pool the patch grid by this factor first (1 = none, 2 = 2×2).
+    #[serde(default = "one")]
+    pub pool: usize,
+    /// Attention heads of the MAP block.
+    pub num_heads: usize,
+    /// Hidden width of the MAP block's MLP.
+    pub mlp_hidden: usize,
+    /// Weight layout.
+    #[serde(default)]
+    pub layout: ProjectorLayout,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Gemma-3-style decoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    /// Vocabulary (tied input/output embeddings).
+    pub vocab_size: usize,
+    /// Residual width.
+    pub hidden_size: usize,
+    /// GeGLU width.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (GQA).
+    pub num_key_value_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base of global layers.
+    pub rope_theta: f64,
+    /// RoPE base of sliding-window layers.
+    pub rope_local_base_freq: f64,
+    /// Attention scale is `query_pre_attn_scalar^-0.5`.
+    pub query_pre_attn_scalar: usize,
+    /// Sliding window (tokens) of local layers.
+    pub sliding_window: usize,
+    /// Every `sliding_window_pattern`-th layer is global (6 → 5 local : 1 global).
+    #[serde(default = "six", alias = "_sliding_window_pattern")]
+    pub sliding_window_pattern: usize,
+    /// Explicit per-layer types (`sliding_attention` / `full_attention`), as newer HF configs write.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    /// Longest sequence the RoPE tables cover.
+    pub max_position_embeddings: usize,
+    /// Bias in attention projections.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Optional tanh soft-capping of the final logits.
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    /// Optional tanh soft-capping of the attention logits.
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+}
+
+fn six() -> usize {
+    6
+}
+
+impl DecoderConfig {
+    /// Whether layer `i` uses the sliding window.
+    pub fn is_sliding(&self, i: usize) -> bool {
+        match &self.layer_types {
+            Some(t) => t.get(i).is_some_and(|s| s == "sliding_attention"),
+            None => (i + 1) % self.sliding_window_pattern.max(1) != 0,
+        }
+    }
+}
+
+/// The strings of the chat template's special tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    /// Beginning of sequence.
+    pub bos: String,
+    /// `<start_of_turn>`.
+    pub start_of_turn: String,
+    /// `<end_of_turn>`.
+    pub end_of_turn: String,
+    /// Placeholder repeated M times for the image prefix.
+    pub image: String,
+    /// Padding.
+    pub pad: String,
+}
+
+impl Default for SpecialTokens {
+    fn default() -> Self {
+        Self {
+            bos: "<bos>".into(),
+            start_of_turn: "<start_of_turn>".into(),
+            end_of_turn: "<end_of_turn>".into(),
+            image: "<image_soft_token>".into(),
+            pad: "<pad>".into(),
+        }
+    }
+}
+
+/// LoRA ranks per component (spec: encoder r=16 α=16 on q/k/v/out/fc1/fc2; decoder r=4 α=4 on q, v).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Encoder rank (0 = no LoRA on the encoder).
+    pub encoder_rank: usize,
+    /// Encoder alpha.
+    pub encoder_alpha: f64,
+    /// Decoder rank (0 = none).
+    pub decoder_rank: usize,
+    /// Decoder alpha.
+    pub decoder_alpha: f64,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            encoder_rank: 16,
+            encoder_alpha: 16.0,
+            decoder_rank: 4,
+            decoder_alpha: 4.0,
+        }
+    }
+}
+
+/// The whole model's configuration (`config.json` of a model directory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Model name shown to the user (e.g. `lofi-tiny`).
+    pub name: String,
+    /// Model version; stored with every embedding so different models never mix.
+    pub version: String,
+    /// Letterboxed square input size in pixels.
+    pub image_size: usize,
+    /// Image encoder.
+    pub vision: VisionConfig,
+    /// Text encoder.
+    pub text: TextConfig,
+    /// Image-to-decoder projector.
+    pub projector: ProjectorConfig,
+    /// Decoder.
+    pub decoder: DecoderConfig,
+    /// Chat template tokens.
+    #[serde(default)]
+    pub tokens: SpecialTokens,
+    /// LoRA adapters present in the weights (absent once merged).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    /// Longest generated answer, in tokens.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+}
+
+fn default_max_new_tokens() -> usize {
+    48
+}
+
+/// Named configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// SigLIP 2 So400m/16-512 + Gemma 3 270M, as in the paper.
+    Paper,
+    /// SigLIP 2 base/16-224 + Gemma 3 270M.
+    Base,
+    /// Small enough to train on a 2-core CPU; the bundled default.
+    Tiny,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "lofi-paper" | "paper" => Ok(Self::Paper),
+            "lofi-base" | "base" => Ok(Self::Base),
+            "lofi-tiny" | "tiny" => Ok(Self::Tiny),
+            other => Err(ModelError::Config(format!(
+                "unknown preset {other:?} (expected lofi-paper, lofi-base or lofi-tiny)"
+            ))),
+        }
+    }
+}
+
+/// Vocabulary of Gemma 3's tokenizer.
+pub const GEMMA3_VOCAB: usize = 262_144;
+
+fn gemma3_270m() -> DecoderConfig {
+    DecoderConfig {
+        vocab_size: GEMMA3_VOCAB,
+        hidden_size: 640,
+        intermediate_size: 2048,
+        num_hidden_layers: 18,
+        num_attention_heads: 4,
+        num_key_value_heads: 1,
+        head_dim: 256,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1_000_000.0,
+        rope_local_base_freq: 10_000.0,
+        query_pre_attn_scalar: 256,
+        sliding_window: 512,
+        sliding_window_pattern: 6,
+        layer_types: None,
+        max_position_embeddings: 32_768,
+        attention_bias: false,
+        final_logit_softcapping: None,
+        attn_logit_softcapping: None,
+    }
+}
+
+fn gemma_tokens() -> SpecialTokens {
+    SpecialTokens {
+        image: "<start_of_image>".into(),
+        ..SpecialTokens::default()
+    }
+}
+
+impl Config {
+    /// A named preset.
+    pub fn preset(p: Preset) -> Self {
+        match p {
+            Preset::Paper => Self {
+                name: "lofi-paper".into(),
+                version: "1".into(),
+                image_size: 512,
+                vision: VisionConfig {
+                    hidden_size: 1152,
+                    intermediate_size: 4304,
+                    num_hidden_layers: 27,
+                    num_attention_heads: 16,
+                    num_channels: 3,
+                    image_size: 512,
+                    patch_size: 16,
+                    layer_norm_eps: 1e-6,
+                    patch_embedding: PatchEmbedding::Conv,
+                    vision_use_head: true,
+                },
+                text: TextConfig {
+                    vocab_size: 256_000,
+                    hidden_size: 1152,
+                    intermediate_size: 4304,
+                    num_hidden_layers: 27,
+                    num_attention_heads: 16,
+                    max_position_embeddings: 64,
+                    layer_norm_eps: 1e-6,
+                    projection_size: None,
+                },
+                projector: ProjectorConfig {
+                    num_tokens: 128,
+                    pool: 2,
+                    num_heads: 16,
+                    mlp_hidden: 288,
+                    layout: ProjectorLayout::SingleBlock,
+                },
+                decoder: gemma3_270m(),
+                tokens: gemma_tokens(),
+                lora: None,
+                max_new_tokens: 64,
+            },
+            Preset::Base => Self {
+                name: "lofi-base".into(),
+                version: "1".into(),
+                image_size: 224,
+                vision: VisionConfig {
+                    hidden_size: 768,
+                    intermediate_size: 3072,
+                    num_hidden_layers: 12,
+                    num_attention_heads: 12,
+                    num_channels: 3,
+                    image_size: 224,
+                    patch_size: 16,
+                    layer_norm_eps: 1e-6,
+                    patch_embedding: PatchEmbedding::Conv,
+                    vision_use_head: true,
+                },
+                text: TextConfig {
+                    vocab_size: 256_000,
+                    hidden_size: 768,
+                    intermediate_size: 3072,
+                    num_hidden_layers: 12,
+                    num_attention_heads: 12,
+                    max_position_embeddings: 64,
+                    layer_norm_eps: 1e-6,
+                    projection_size: None,
+                },
+                projector: ProjectorConfig {
+                    num_tokens: 128,
+                    pool: 1,
+                    num_heads: 12,
+                    mlp_hidden: 192,
+                    layout: ProjectorLayout::SingleBlock,
+                },
+                decoder: gemma3_270m(),
+                tokens: gemma_tokens(),
+                lora: None,
+                max_new_tokens: 64,
+            },
+            Preset::Tiny => Self {
+                name: "lofi-tiny".into(),
+                version: "1".into(),
+                image_size: 224,
+                vision: VisionConfig {
+                    hidden_size: 192,
+                    intermediate_size: 768,
+                    num_hidden_layers: 6,
+                    num_attention_heads: 3,
+                    num_channels: 1,
+                    image_size: 224,
+                    patch_size: 16,
+                    layer_norm_eps: 1e-6,
+                    patch_embedding: PatchEmbedding::Conv,
+                    vision_use_head: true,
+                },
+                text: TextConfig {
+                    vocab_size: TINY_VOCAB,
+                    hidden_size: 128,
+                    intermediate_size: 512,
+                    num_hidden_layers: 2,
+                    num_attention_heads: 2,
+                    max_position_embeddings: 24,
+                    layer_norm_eps: 1e-6,
+                    projection_size: Some(192),
+                },
+                projector: ProjectorConfig {
+                    num_tokens: 49,
+                    pool: 1,
+                    num_heads: 3,
+                    mlp_hidden: 192,
+                    layout: ProjectorLayout::SingleBlock,
+                },
+                decoder: DecoderConfig {
+                    vocab_size: TINY_VOCAB,
+                    hidden_size: 192,
+                    intermediate_size: 768,
+                    num_hidden_layers: 4,
+                    num_attention_heads: 4,
+                    num_key_value_heads: 1,
+                    head_dim: 48,
+                    rms_norm_eps: 1e-6,
+                    rope_theta: 1_000_000.0,
+                    rope_local_base_freq: 10_000.0,
+                    query_pre_attn_scalar: 48,
+                    sliding_window: 512,
+                    sliding_window_pattern: 2,
+                    layer_types: None,
+                    max_position_embeddings: 4096,
+                    attention_bias: false,
+                    final_logit_softcapping: None,
+                    attn_logit_softcapping: None,
+                },
+                tokens: SpecialTokens::default(),
+                lora: None,
+                max_new_tokens: 40,
+            },
+        }
+    }
+
+    /// Check internal consistency; every model constructor calls this first.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        let v = &self.vision;
+        if v.patch_size == 0 || self.image_size % v.patch_size != 0 {
+            return bad(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, v.patch_size
+            ));
+        }
+        if v.hidden_size % v.num_attention_heads != 0 {
+            return bad("vision hidden_size must divide by num_attention_heads".into());
+        }
+        if self.text.hidden_size % self.text.num_attention_heads != 0 {
+            return bad("text hidden_size must divide by num_attention_heads".into());
+        }
+        if self.text.projection_size.unwrap_or(self.text.hidden_size) != v.hidden_size {
+            return bad("text projection size must equal the vision hidden size".into());
+        }
+        let d = &self.decoder;
+        if d.num_key_value_heads == 0 || d.num_attention_heads % d.num_key_value_heads != 0 {
+            return bad("decoder num_attention_heads must divide by num_key_value_heads".into());
+        }
+        let p = &self.projector;
+        if p.pool == 0 || (self.image_size / v.patch_size) % p.pool != 0 {
+            return bad("projector pool must divide the patch grid".into());
+        }
+        if p.num_tokens == 0 || v.hidden_size % p.num_heads != 0 {
+            return bad(
+                "projector needs num_tokens > 0 and heads dividing the vision width".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Read `config.json`.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+            what: format!("reading {}", path.display()),
+            source: e,
+        })?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The unique id of this model's embedding space (stored with every embedding).
+    pub fn embedding_id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// WordPiece vocabulary of the bundled tokenizer (30,522) plus the template's added tokens.
+pub const TINY_VOCAB: usize = 30_528;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_roundtrip() {
+        for p in [Preset::Paper, Preset::Base, Preset::Tiny] {
+            let c = Config::preset(p);
+            c.validate().unwrap();
+            let s = serde_json::to_string(&c).unwrap();
+            let back: Config = serde_json::from_str(&s).unwrap();
+            assert_eq!(back, c);
+        }
+    }
+
+    #[test]
+    fn sliding_pattern_matches_gemma() {
+        let d = gemma3_270m();
+        let globals: Vec<usize> = (0..18).filter(|&i| !d.is_sliding(i)).collect();
+        assert_eq!(globals, vec![5, 11, 17]);
+    }
+}

@@ -1,0 +1,396 @@
+//! Differentiable building blocks shared by every tower.
+//!
+//! candle's fused kernels (`softmax_last_dim`, `layer_norm`, `rms_norm`, `rope`) have no backward
+//! pass, so these blocks are written with plain tensor ops; forward results match the fused
+//! versions to float rounding (checked against candle-transformers' stock modules in tests).
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+/// Weight init used for linear and embedding weights trained from scratch.
+pub const W_INIT: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+/// Compute dtype for normalisations: half types are upcast to f32, f32/f64 kept.
+pub fn norm_dtype(dt: DType) -> DType {
+    match dt {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
+/// LayerNorm with an unfused (differentiable) forward.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// `weight` and `bias` of width `dim`.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(norm_dtype(dtype))?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .to_dtype(dtype)?;
+        xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Gemma's RMSNorm: `x / rms(x) · (1 + w)`, unfused.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// `weight` of width `dim` (zero-initialised, so the scale starts at 1).
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(0.0))?,
+            eps,
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(norm_dtype(dtype))?;
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = x
+            .broadcast_div(&(ms + self.eps)?.sqrt()?)?
+            .to_dtype(dtype)?;
+        xn.broadcast_mul(&(&self.weight + 1.0)?)
+    }
+}
+
+/// LoRA settings for one linear layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraSpec {
+    /// Rank r.
+    pub rank: usize,
+    /// Alpha; the update is scaled by alpha / r.
+    pub alpha: f64,
+}
+
+/// A linear layer, optionally with a LoRA adapter (`lora_A` `(r, in)`, `lora_B` `(out, r)`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<(Tensor, Tensor, f64)>,
+}
+
+impl Linear {
+    /// Build from explicit tensors (used for tied heads and split in-projections).
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// `weight` `(out, in)`, optional `bias`, optional LoRA adapter under the same prefix.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        lora: Option<LoraSpec>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", W_INIT)?;
+        let bias = if bias {
+            Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        let lora = match lora {
+            Some(spec) if spec.rank > 0 => {
+                let bound = (1.0 / in_dim as f64).sqrt() * 3f64.sqrt();
+                let a = vb.get_with_hints(
+                    (spec.rank, in_dim),
+                    "lora_A.weight",
+                    Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                )?;
+                let b =
+                    vb.get_with_hints((out_dim, spec.rank), "lora_B.weight", Init::Const(0.0))?;
+                Some((a, b, spec.alpha / spec.rank as f64))
+            }
+            _ => None,
+        };
+        Ok(Self { weight, bias, lora })
+    }
+
+    /// The base weight `(out, in)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The weight with the LoRA update folded in (`W + s·B·A`).
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some((a, b, s)) => self.weight.add(&(b.matmul(a)? * *s)?),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.t()?;
+        let y = match x.dims() {
+            [b, t, k] => x.reshape((b * t, *k))?.matmul(&w)?.reshape((*b, *t, ()))?,
+            _ => x.matmul(&w)?,
+        };
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        match &self.lora {
+            None => Ok(y),
+            Some((a, b, s)) => {
+                let (a_t, b_t) = (a.t()?, b.t()?);
+                let u = match x.dims() {
+                    [bt, t, k] => x
+                        .reshape((bt * t, *k))?
+                        .matmul(&a_t)?
+                        .matmul(&b_t)?
+                        .reshape((*bt, *t, ()))?,
+                    _ => x.matmul(&a_t)?.matmul(&b_t)?,
+                };
+                y + (u * *s)?
+            }
+        }
+    }
+}
+
+/// Token embedding table.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    weight: Tensor,
+}
+
+impl Embedding {
+    /// `weight` `(vocab, dim)`.
+    pub fn new(vocab: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints((vocab, dim), "weight", W_INIT)?,
+        })
+    }
+    /// The table.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut out_dims = ids.dims().to_vec();
+        out_dims.push(self.weight.dim(1)?);
+        let flat = ids.flatten_all()?;
+        self.weight.index_select(&flat, 0)?.reshape(out_dims)
+    }
+}
+
+/// GELU, tanh approximation (`gelu_pytorch_tanh`).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu()
+}
+
+/// Multi-head scaled dot-product attention on `(B, H, T, d)` tensors with an optional additive
+/// mask broadcastable to `(B, H, Tq, Tk)`. Uses the differentiable softmax.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+    softcap: Option<f64>,
+) -> Result<Tensor> {
+    let w = (q.matmul(&k.t()?)? * scale)?;
+    let w = match softcap {
+        Some(c) => ((w / c)?.tanh()? * c)?,
+        None => w,
+    };
+    let w = match mask {
+        Some(m) => w.broadcast_add(m)?,
+        None => w,
+    };
+    let w = candle_nn::ops::softmax(&w, D::Minus1)?;
+    w.matmul(v)
+}
+
+/// `(B, T, H·d)` → `(B, H, T, d)`.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, c) = x.dims3()?;
+    x.reshape((b, t, heads, c / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// `(B, H, T, d)` → `(B, T, H·d)`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, t, h * d))
+}
+
+/// SigLIP MLP: `fc2(gelu(fc1(x)))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    /// `fc1` `hidden → inner`, `fc2` `inner → hidden`.
+    pub fn new(
+        hidden: usize,
+        inner: usize,
+        lora: Option<LoraSpec>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(hidden, inner, true, lora, vb.pp("fc1"))?,
+            fc2: Linear::new(inner, hidden, true, lora, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// Additive causal mask `(1, 1, tq, offset + tq)`; with `window`, keys more than `window − 1`
+/// positions back are masked too (HF Gemma 3 semantics).
+pub fn causal_mask(
+    tq: usize,
+    offset: usize,
+    window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let tk = offset + tq;
+    let mut m = vec![0f32; tq * tk];
+    for i in 0..tq {
+        let qi = offset + i;
+        for j in 0..tk {
+            let future = j > qi;
+            let too_old = window.is_some_and(|w| qi >= w && j <= qi - w);
+            if future || too_old {
+                m[i * tk + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::from_vec(m, (1, 1, tq, tk), device)?.to_dtype(dtype)
+}
+
+/// 1-D interpolation matrix `(new, old)` of PyTorch's bicubic (`a = −0.75`, `align_corners=False`,
+/// edge clamped), used to resize position-embedding grids differentiably.
+pub fn bicubic_matrix(old: usize, new: usize) -> Vec<f32> {
+    fn cubic(x: f64) -> f64 {
+        let a = -0.75;
+        let x = x.abs();
+        if x <= 1.0 {
+            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+        } else {
+            0.0
+        }
+    }
+    let mut m = vec![0f32; new * old];
+    let scale = old as f64 / new as f64;
+    for i in 0..new {
+        let src = (i as f64 + 0.5) * scale - 0.5;
+        let f = src.floor();
+        let t = src - f;
+        for k in -1i64..=2 {
+            let w = cubic(k as f64 - t);
+            let idx = (f as i64 + k).clamp(0, old as i64 - 1) as usize;
+            m[i * old + idx] += w as f32;
+        }
+    }
+    m
+}
+
+/// Rotary tables `(max_len, head_dim/2)` for a RoPE base.
+pub fn rope_tables(
+    head_dim: usize,
+    base: f64,
+    max_len: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let inv: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| (1.0 / base.powf(i as f64 / head_dim as f64)) as f32)
+        .collect();
+    let n = inv.len();
+    let inv = Tensor::from_vec(inv, (1, n), device)?;
+    let t = Tensor::arange(0u32, max_len as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((max_len, 1))?;
+    let f = t.matmul(&inv)?;
+    Ok((f.cos()?.to_dtype(dtype)?, f.sin()?.to_dtype(dtype)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bicubic_identity_when_same_size() {
+        let m = bicubic_matrix(5, 5);
+        for i in 0..5 {
+            for j in 0..5 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((m[i * 5 + j] - want).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn bicubic_rows_sum_to_one() {
+        let m = bicubic_matrix(7, 12);
+        for i in 0..12 {
+            let s: f32 = m[i * 7..(i + 1) * 7].iter().sum();
+            assert!((s - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn causal_mask_window() {
+        let m = causal_mask(4, 0, Some(2), DType::F32, &Device::Cpu).unwrap();
+        let v: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
+        // row 3 sees keys 2, 3 only
+        assert!(v[12].is_infinite() && v[13].is_infinite());
+        assert_eq!(v[14], 0.0);
+        assert_eq!(v[15], 0.0);
+        assert!(v[3].is_infinite());
+    }
+}

@@ -1,0 +1,405 @@
+//! The inference tasks on a loaded model: embeddings, grounding (with optional in-context
+//! examples), region description, captioning and findings, with greedy KV-cached decoding.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use image::GrayImage;
+
+use super::config::Config;
+use super::decoder::KvCache;
+use super::image::{letterbox, Letterbox};
+use super::load::{inference_dtype, mmap_var_builder, open_device, DeviceChoice, ModelFiles};
+use super::prompt::{build_prompt, ground_response, parse_boxes, Instruction, Turn, UnitBox};
+use super::tokenizer::LofiTokenizer;
+use super::{l2_normalize, LofiModel, ModelError};
+
+/// A loaded model ready for inference.
+#[derive(Debug, Clone)]
+pub struct Lofi {
+    /// The network.
+    pub model: LofiModel,
+    /// Its tokenizer.
+    pub tokenizer: LofiTokenizer,
+    /// Where it runs.
+    pub device: Device,
+    /// Its compute dtype.
+    pub dtype: DType,
+    /// The model directory it came from.
+    pub dir: PathBuf,
+}
+
+/// An image encoded once, reused by every task on it.
+#[derive(Debug, Clone)]
+pub struct EncodedImage {
+    /// Letterbox geometry (original pixels ↔ model square).
+    pub letterbox: Letterbox,
+    /// Decoder prefix `(1, M, H)`.
+    pub prefix: Tensor,
+    /// L2-normalised pooled embedding.
+    pub embedding: Vec<f32>,
+}
+
+/// A box in original image pixels with a confidence in (0, 1].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScoredBox {
+    /// Left.
+    pub x1: f32,
+    /// Top.
+    pub y1: f32,
+    /// Right.
+    pub x2: f32,
+    /// Bottom.
+    pub y2: f32,
+    /// exp(mean log-probability of the box's tokens).
+    pub score: f32,
+}
+
+/// A finding with its box (dense captioning).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Region {
+    /// The finding's phrase.
+    pub phrase: String,
+    /// Left.
+    pub x1: f32,
+    /// Top.
+    pub y1: f32,
+    /// Right.
+    pub x2: f32,
+    /// Bottom.
+    pub y2: f32,
+    /// Confidence in (0, 1].
+    pub score: f32,
+}
+
+/// A solved grounding example for in-context grounding.
+#[derive(Debug, Clone)]
+pub struct Shot {
+    /// The example image, encoded.
+    pub image: EncodedImage,
+    /// Its phrase.
+    pub phrase: String,
+    /// Its boxes in the example image's own original pixels.
+    pub boxes_px: Vec<[f32; 4]>,
+}
+
+/// Output of greedy decoding.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Generated ids (without the closing `<end_of_turn>`).
+    pub ids: Vec<u32>,
+    /// Decoded text.
+    pub text: String,
+    /// Log-probability of each generated id.
+    pub logprobs: Vec<f32>,
+    /// Byte range of each generated id in `text`.
+    pub spans: Vec<std::ops::Range<usize>>,
+}
+
+impl Lofi {
+    /// Load a model directory on a device.
+    pub fn load(dir: &Path, device: DeviceChoice) -> Result<Self, ModelError> {
+        let files = ModelFiles::locate(dir)?;
+        let cfg = Config::from_file(&files.config)?;
+        let device = open_device(device)?;
+        let dtype = inference_dtype(&device);
+        let vb = mmap_var_builder(&files.weights, dtype, &device)?;
+        let model = LofiModel::new(&cfg, vb).map_err(|e| match e {
+            ModelError::Candle(c) => {
+                ModelError::Weights(format!("{}: {c}", files.weights[0].display()))
+            }
+            o => o,
+        })?;
+        let tokenizer = LofiTokenizer::from_file(&files.tokenizer, &cfg.tokens)?;
+        if tokenizer.vocab_size() > cfg.decoder.vocab_size {
+            return Err(ModelError::Config(format!(
+                "tokenizer has {} tokens but the decoder only {}",
+                tokenizer.vocab_size(),
+                cfg.decoder.vocab_size
+            )));
+        }
+        Ok(Self {
+            model,
+            tokenizer,
+            device,
+            dtype,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Wrap an in-memory model (tests, training-time evaluation).
+    pub fn from_parts(model: LofiModel, tokenizer: LofiTokenizer, device: Device) -> Self {
+        let dtype = model.decoder.dtype();
+        Self {
+            model,
+            tokenizer,
+            device,
+            dtype,
+            dir: PathBuf::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        self.model.config()
+    }
+
+    /// `name@version`, the id of this model's embedding space.
+    pub fn model_id(&self) -> String {
+        self.config().embedding_id()
+    }
+
+    /// Letterbox + normalise an 8-bit grey image into `(1, C, S, S)`.
+    pub fn preprocess(&self, img: &GrayImage) -> Result<(Tensor, Letterbox), ModelError> {
+        let s = self.config().image_size as u32;
+        let (v, lb) = letterbox(img, s);
+        let c = self.config().vision.num_channels;
+        let t = Tensor::from_vec(v, (1, 1, s as usize, s as usize), &self.device)?;
+        let t = if c > 1 { t.repeat((1, c, 1, 1))? } else { t };
+        Ok((t.to_dtype(self.dtype)?, lb))
+    }
+
+    /// Encode several images in one batch.
+    pub fn encode_batch(&self, imgs: &[&GrayImage]) -> Result<Vec<EncodedImage>, ModelError> {
+        if imgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut px = Vec::with_capacity(imgs.len());
+        let mut lbs = Vec::with_capacity(imgs.len());
+        for img in imgs {
+            let (t, lb) = self.preprocess(img)?;
+            px.push(t);
+            lbs.push(lb);
+        }
+        let px = Tensor::cat(&px, 0)?;
+        let out = self.model.encode_images(&px)?;
+        let prefix = self.model.projector.forward(&out.tokens)?;
+        let pooled = match out.pooled {
+            Some(p) => p,
+            None => out.tokens.mean(1)?,
+        };
+        let emb = l2_normalize(&pooled.to_dtype(DType::F32)?)?;
+        let mut res = Vec::with_capacity(imgs.len());
+        for (i, lb) in lbs.into_iter().enumerate() {
+            res.push(EncodedImage {
+                letterbox: lb,
+                prefix: prefix.i(i..i + 1)?,
+                embedding: emb.i(i)?.to_vec1()?,
+            });
+        }
+        Ok(res)
+    }
+
+    /// Encode one image.
+    pub fn encode(&self, img: &GrayImage) -> Result<EncodedImage, ModelError> {
+        let mut v = self.encode_batch(&[img])?;
+        v.pop()
+            .ok_or_else(|| ModelError::Config("encoding produced no output".into()))
+    }
+
+    /// L2-normalised text embedding (text tower + head).
+    pub fn embed_text(&self, text: &str) -> Result<Vec<f32>, ModelError> {
+        let len = self.model.text.max_len();
+        let ids = self.tokenizer.encode_fixed(text, len)?;
+        let ids = Tensor::from_vec(ids, (1, len), &self.device)?;
+        let e = self.model.text.forward(&ids)?;
+        Ok(l2_normalize(&e.to_dtype(DType::F32)?)?.i(0)?.to_vec1()?)
+    }
+
+    /// Greedy decoding of the answer to the last turn; `prefixes[i]` is turn i's image.
+    pub fn generate(&self, turns: &[Turn], prefixes: &[&Tensor]) -> Result<Generated, ModelError> {
+        let m = self.config().projector.num_tokens;
+        let prompt = build_prompt(&self.tokenizer, turns, m)?;
+        let ids = Tensor::from_vec(prompt.ids.clone(), (1, prompt.ids.len()), &self.device)?;
+        let prefixes: Vec<Tensor> = prefixes.iter().map(|t| (*t).clone()).collect();
+        let embeds = self
+            .model
+            .prompt_embeds(&ids, &prompt.image_starts, &prefixes)?;
+        let mut cache = KvCache::default();
+        let mut hidden = self
+            .model
+            .decoder
+            .forward_embeds(&embeds, Some(&mut cache))?;
+        let eot = self.tokenizer.end_of_turn;
+        let mut out = Vec::new();
+        let mut logprobs = Vec::new();
+        let max_new = self.config().max_new_tokens;
+        for _ in 0..max_new {
+            let last = hidden.i((0, hidden.dim(1)? - 1))?;
+            let logits = self.model.decoder.logits(&last)?.to_dtype(DType::F32)?;
+            let lsm = candle_nn::ops::log_softmax(&logits, 0)?;
+            let next = lsm.argmax(0)?.to_scalar::<u32>()?;
+            let lp = lsm.i(next as usize)?.to_scalar::<f32>()?;
+            if next == eot {
+                break;
+            }
+            out.push(next);
+            logprobs.push(lp);
+            let x = Tensor::from_vec(vec![next], (1, 1), &self.device)?;
+            let e = self.model.decoder.embed(&x)?;
+            hidden = self.model.decoder.forward_embeds(&e, Some(&mut cache))?;
+        }
+        // byte span of every generated token in the decoded text (incremental decoding)
+        let mut spans = Vec::with_capacity(out.len());
+        let mut prev = String::new();
+        for k in 1..=out.len() {
+            let t = self.tokenizer.decode(&out[..k])?;
+            let start = if t.starts_with(&prev) { prev.len() } else { 0 };
+            spans.push(start.min(t.len())..t.len());
+            prev = t;
+        }
+        Ok(Generated {
+            ids: out,
+            text: prev,
+            logprobs,
+            spans,
+        })
+    }
+
+    /// Phrase grounding with `shots` solved examples before the query (K = shots.len()).
+    pub fn ground(
+        &self,
+        img: &EncodedImage,
+        phrase: &str,
+        shots: &[Shot],
+    ) -> Result<Vec<ScoredBox>, ModelError> {
+        let mut turns = Vec::with_capacity(shots.len() + 1);
+        let mut prefixes = Vec::with_capacity(shots.len() + 1);
+        for s in shots {
+            let unit: Vec<UnitBox> = s
+                .boxes_px
+                .iter()
+                .map(|b| s.image.letterbox.to_unit(*b))
+                .collect();
+            turns.push(Turn {
+                instruction: Instruction::Ground(s.phrase.clone()),
+                response: Some(ground_response(&unit)),
+                supervised: false,
+            });
+            prefixes.push(&s.image.prefix);
+        }
+        turns.push(Turn {
+            instruction: Instruction::Ground(phrase.to_string()),
+            response: None,
+            supervised: false,
+        });
+        prefixes.push(&img.prefix);
+        let g = self.generate(&turns, &prefixes)?;
+        let mut boxes: Vec<ScoredBox> = parse_boxes(&g.text)
+            .into_iter()
+            .map(|pb| {
+                let lps: Vec<f32> = g
+                    .spans
+                    .iter()
+                    .zip(&g.logprobs)
+                    .filter(|(sp, _)| sp.start < pb.span.end && sp.end > pb.span.start)
+                    .map(|(_, lp)| *lp)
+                    .collect();
+                let score = if lps.is_empty() {
+                    0.0
+                } else {
+                    (lps.iter().sum::<f32>() / lps.len() as f32).exp()
+                };
+                let [x1, y1, x2, y2] = img.letterbox.to_pixels(pb.unit);
+                ScoredBox {
+                    x1,
+                    y1,
+                    x2,
+                    y2,
+                    score,
+                }
+            })
+            .filter(|b| b.x2 > b.x1 && b.y2 > b.y1)
+            .collect();
+        boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(boxes)
+    }
+
+    /// Grounded captioning of one region given in original pixels.
+    pub fn describe(&self, img: &EncodedImage, box_px: [f32; 4]) -> Result<String, ModelError> {
+        let unit = img.letterbox.to_unit(box_px);
+        let turn = Turn {
+            instruction: Instruction::Describe(vec![unit]),
+            response: None,
+            supervised: false,
+        };
+        Ok(self
+            .generate(&[turn], &[&img.prefix])?
+            .text
+            .trim()
+            .to_string())
+    }
+
+    /// Report text.
+    pub fn caption(&self, img: &EncodedImage) -> Result<String, ModelError> {
+        let turn = Turn {
+            instruction: Instruction::Caption,
+            response: None,
+            supervised: false,
+        };
+        Ok(self
+            .generate(&[turn], &[&img.prefix])?
+            .text
+            .trim()
+            .to_string())
+    }
+
+    /// Every finding the model reports, with boxes: the caption names the findings, each is
+    /// grounded, and each box is described back (dense captioning) for its phrase.
+    pub fn findings(&self, img: &EncodedImage) -> Result<Vec<Region>, ModelError> {
+        let caption = self.caption(img)?;
+        let mut regions = Vec::new();
+        for finding in split_findings(&caption) {
+            for b in self.ground(img, &finding, &[])? {
+                let described = self.describe(img, [b.x1, b.y1, b.x2, b.y2])?;
+                let phrase = if described.is_empty() {
+                    finding.clone()
+                } else {
+                    described
+                };
+                regions.push(Region {
+                    phrase,
+                    x1: b.x1,
+                    y1: b.y1,
+                    x2: b.x2,
+                    y2: b.y2,
+                    score: b.score,
+                });
+            }
+        }
+        regions.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(regions)
+    }
+}
+
+/// Finding phrases of a caption ("cardiomegaly, small left effusion." → two), skipping
+/// normal statements.
+pub fn split_findings(caption: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in caption.split([',', ';', '.', '\n']) {
+        let p = part.trim().to_lowercase();
+        if p.is_empty() || p.starts_with("no finding") || p.starts_with("no acute") || p == "normal"
+        {
+            continue;
+        }
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn findings_split() {
+        assert_eq!(
+            split_findings("Cardiomegaly, effusion. cardiomegaly"),
+            vec!["cardiomegaly", "effusion"]
+        );
+        assert!(split_findings("No finding.").is_empty());
+        assert!(split_findings("").is_empty());
+    }
+}

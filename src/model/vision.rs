@@ -1,0 +1,143 @@
+//! SigLIP-style ViT image encoder (`vision_model.*` keys of HF `SiglipVisionModel`).
+//!
+//! Any square input size that is a multiple of the patch size works: the position-embedding grid
+//! is resized with PyTorch's bicubic kernel, as HF's `interpolate_pos_encoding` does.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::{PatchEmbedding, VisionConfig};
+use super::encoder::{Encoder, EncoderDims, MapBlock};
+use super::nn::{bicubic_matrix, LayerNorm, LoraSpec, W_INIT};
+
+/// Output of the image encoder.
+#[derive(Debug, Clone)]
+pub struct VisionOutput {
+    /// Patch tokens after `post_layernorm`, `(B, N, D)`, row-major over the patch grid.
+    pub tokens: Tensor,
+    /// The MAP head's pooled embedding `(B, D)` (not normalised).
+    pub pooled: Option<Tensor>,
+}
+
+/// `vision_model`.
+#[derive(Debug, Clone)]
+pub struct VisionModel {
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    position_embedding: Tensor,
+    encoder: Encoder,
+    post_layernorm: LayerNorm,
+    head: Option<MapBlock>,
+    cfg: VisionConfig,
+}
+
+impl VisionModel {
+    /// Build under `vb` = `vision_model`.
+    pub fn new(cfg: &VisionConfig, lora: Option<LoraSpec>, vb: VarBuilder) -> Result<Self> {
+        let (c, p, d) = (cfg.num_channels, cfg.patch_size, cfg.hidden_size);
+        let emb = vb.pp("embeddings");
+        let pe = emb.pp("patch_embedding");
+        let patch_weight = match cfg.patch_embedding {
+            PatchEmbedding::Conv => pe
+                .get_with_hints((d, c, p, p), "weight", W_INIT)?
+                .reshape((d, c * p * p))?,
+            PatchEmbedding::Linear => pe.get_with_hints((d, p * p * c), "weight", W_INIT)?,
+        };
+        let patch_bias = pe.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?;
+        let n = cfg.base_grid() * cfg.base_grid();
+        let position_embedding =
+            emb.pp("position_embedding")
+                .get_with_hints((n, d), "weight", W_INIT)?;
+        let dims = EncoderDims {
+            hidden: d,
+            inner: cfg.intermediate_size,
+            heads: cfg.num_attention_heads,
+            layers: cfg.num_hidden_layers,
+            eps: cfg.layer_norm_eps,
+            lora,
+        };
+        let encoder = Encoder::new(&dims, vb.pp("encoder"))?;
+        let post_layernorm = LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("post_layernorm"))?;
+        let head = if cfg.vision_use_head {
+            Some(MapBlock::new(
+                d,
+                cfg.intermediate_size,
+                cfg.num_attention_heads,
+                1,
+                cfg.layer_norm_eps,
+                vb.pp("head"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            patch_weight,
+            patch_bias,
+            position_embedding,
+            encoder,
+            post_layernorm,
+            head,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Position embeddings for a `gh × gw` grid, `(gh·gw, D)`.
+    fn positions(&self, gh: usize, gw: usize) -> Result<Tensor> {
+        let g = self.cfg.base_grid();
+        if gh == g && gw == g {
+            return Ok(self.position_embedding.clone());
+        }
+        let d = self.cfg.hidden_size;
+        let dev = self.position_embedding.device();
+        let dt = self.position_embedding.dtype();
+        let ry = Tensor::from_vec(bicubic_matrix(g, gh), (gh, g), dev)?.to_dtype(dt)?;
+        let rx = Tensor::from_vec(bicubic_matrix(g, gw), (gw, g), dev)?.to_dtype(dt)?;
+        // (g, g·D) → rows resized → (gh, g, D) → (gh, D, g) → cols resized → (gh, D, gw) → (gh, gw, D)
+        let p = self.position_embedding.reshape((g, g * d))?;
+        let p = ry
+            .matmul(&p)?
+            .reshape((gh, g, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let p = p
+            .reshape((gh * d, g))?
+            .matmul(&rx.t()?)?
+            .reshape((gh, d, gw))?;
+        p.transpose(1, 2)?.contiguous()?.reshape((gh * gw, d))
+    }
+
+    /// Patchify and embed `(B, C, H, W)` → `(B, N, D)`.
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        let p = self.cfg.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let x = pixels.reshape((b, c, gh, p, gw, p))?;
+        let x = match self.cfg.patch_embedding {
+            PatchEmbedding::Conv => x.permute((0, 2, 4, 1, 3, 5))?,
+            PatchEmbedding::Linear => x.permute((0, 2, 4, 3, 5, 1))?,
+        };
+        let x = x.contiguous()?.reshape((b * gh * gw, c * p * p))?;
+        let x = x
+            .matmul(&self.patch_weight.t()?)?
+            .broadcast_add(&self.patch_bias)?
+            .reshape((b, gh * gw, ()))?;
+        x.broadcast_add(&self.positions(gh, gw)?.unsqueeze(0)?)
+    }
+
+    /// Encode images `(B, C, S, S)` normalised to [-1, 1].
+    pub fn forward(&self, pixels: &Tensor) -> Result<VisionOutput> {
+        let x = self.embed(pixels)?;
+        let x = self.encoder.forward(&x)?;
+        let tokens = self.post_layernorm.forward(&x)?;
+        let pooled = match &self.head {
+            Some(h) => Some(h.pool(&tokens)?),
+            None => None,
+        };
+        Ok(VisionOutput { tokens, pooled })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+}

@@ -1,0 +1,873 @@
+//! Fine-tuning LoFi with its three losses: data, losses, optimizer, crash-safe checkpoints,
+//! exact resume, progress and metrics.
+//!
+//! Determinism: every random choice of step `s` (data order, augmentation, task choice) derives
+//! from `(seed, s)` alone and parameters are initialised from `(seed, name)`, so a run resumed from
+//! a checkpoint takes exactly the path of an uninterrupted one.
+
+pub mod checkpoint;
+pub mod data;
+pub mod loss;
+pub mod optim;
+pub mod plot;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use rand::{seq::SliceRandom, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Manifest;
+use crate::model::config::{Config, LoraConfig, Preset};
+use crate::model::params::{ParamStore, TrainableFn};
+use crate::model::prompt::build_prompt;
+use crate::model::tokenizer::LofiTokenizer;
+use crate::model::{l2_normalize, LofiModel, ModelError};
+use crate::util::Cancel;
+
+use self::checkpoint::TrainState;
+use self::data::{make_sample, Augment, Sample, TaskKind, TrainImage};
+use self::optim::{AdamW, AdamWConfig};
+
+/// Errors of training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A tensor op failed.
+    #[error("tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Training data problem.
+    #[error("data: {0}")]
+    Data(String),
+    /// The manifest could not be read.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    /// Checkpoint problem.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Bad training configuration.
+    #[error("training config: {0}")]
+    Config(String),
+    /// The loss became NaN or infinite.
+    #[error(
+        "loss became {value} at step {step}; stopped — the last good checkpoint is kept in {dir}"
+    )]
+    NonFinite {
+        /// The offending value.
+        value: f64,
+        /// Step.
+        step: usize,
+        /// Checkpoint folder.
+        dir: PathBuf,
+    },
+    /// Reading or writing failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Which parameters train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Freeze {
+    /// Everything trains.
+    #[default]
+    Full,
+    /// LoRA adapters (encoder r16 on q/k/v/out/fc1/fc2, decoder r4 on q/v), `head`s, projector.
+    Lora,
+    /// The image encoder is frozen and its features cached; the rest trains.
+    Encoder,
+}
+
+/// The training configuration (`--config` TOML; CLI flags override).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Preset for a model trained from scratch (ignored with `init`).
+    pub preset: String,
+    /// Model directory to start from (ours).
+    pub init: Option<PathBuf>,
+    /// HF SigLIP / SigLIP 2 folder for the towers.
+    pub init_siglip: Option<PathBuf>,
+    /// HF Gemma 3 folder for the decoder.
+    pub init_gemma: Option<PathBuf>,
+    /// `tokenizer.json` when not starting from a model directory.
+    pub tokenizer: Option<PathBuf>,
+    /// Override the preset's input size.
+    pub image_size: Option<usize>,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Images per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// Final learning rate as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// Global gradient-norm clip (0 = off).
+    pub grad_clip: f64,
+    /// λ in L = L_sig + λ (L_cap + L_loc).
+    pub lambda: f64,
+    /// Freezing choice.
+    pub freeze: Freeze,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Checkpoint every N steps.
+    pub save_every: usize,
+    /// Keep this many newest checkpoints (plus the best).
+    pub keep_last: usize,
+    /// Validate every N steps.
+    pub val_every: usize,
+    /// Patient-level validation share when no `--val` manifest is given.
+    pub val_fraction: f64,
+    /// Augmentation.
+    pub augment: Augment,
+    /// Threads preparing images.
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            preset: "lofi-tiny".into(),
+            init: None,
+            init_siglip: None,
+            init_gemma: None,
+            tokenizer: None,
+            image_size: None,
+            steps: 1000,
+            batch_size: 16,
+            grad_accum: 1,
+            lr: 3e-4,
+            weight_decay: 0.01,
+            warmup: 50,
+            min_lr_ratio: 0.01,
+            grad_clip: 1.0,
+            lambda: 1.0,
+            freeze: Freeze::Full,
+            seed: 0,
+            save_every: 200,
+            keep_last: 3,
+            val_every: 200,
+            val_fraction: 0.15,
+            augment: Augment::default(),
+            threads: 2,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Read a TOML file.
+    pub fn from_toml(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            what: format!("reading {}", path.display()),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn check(&self) -> Result<(), TrainError> {
+        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return Err(TrainError::Config(
+                "steps, batch_size and grad_accum must be > 0".into(),
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(TrainError::Config("lr must be a positive number".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What the run reports at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    /// Steps completed.
+    pub steps: usize,
+    /// Mean training loss over the last 50 steps.
+    pub train_loss: f64,
+    /// Last validation losses.
+    pub val: BTreeMap<String, f64>,
+    /// Where the final model directory is.
+    pub model_dir: PathBuf,
+    /// Whether the run stopped early on Ctrl-C.
+    pub interrupted: bool,
+}
+
+/// Loss parts of one batch.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LossParts {
+    /// Total.
+    pub total: f64,
+    /// Sigmoid.
+    pub sig: f64,
+    /// Captioning.
+    pub cap: f64,
+    /// Location-aware captioning.
+    pub loc: f64,
+}
+
+/// Cached encoder features of one image (frozen-encoder training).
+#[derive(Debug, Clone)]
+struct Features {
+    tokens: Tensor,
+    pooled: Tensor,
+}
+
+/// Everything a training step needs.
+pub struct Trainer {
+    /// The model (built over `store`).
+    pub model: LofiModel,
+    /// Its parameters.
+    pub store: Arc<ParamStore>,
+    /// Tokenizer.
+    pub tokenizer: LofiTokenizer,
+    /// Model configuration.
+    pub model_cfg: Config,
+    /// Training configuration.
+    pub cfg: TrainConfig,
+    /// Device.
+    pub device: Device,
+    cache: Option<Vec<Features>>,
+}
+
+/// The model config and tokenizer a run starts from, and where initial weights come from.
+pub fn resolve_model(
+    cfg: &TrainConfig,
+) -> Result<
+    (
+        Config,
+        LofiTokenizer,
+        Option<Box<dyn candle_nn::var_builder::SimpleBackend>>,
+    ),
+    TrainError,
+> {
+    if let Some(dir) = &cfg.init {
+        let files = crate::model::load::ModelFiles::locate(dir)?;
+        let mc = Config::from_file(&files.config)?;
+        let tok = LofiTokenizer::from_file(&files.tokenizer, &mc.tokens)?;
+        let st = crate::model::load::mmap(&files.weights)?;
+        return Ok((mc, tok, Some(Box::new(st))));
+    }
+    let preset: Preset = cfg.preset.parse()?;
+    let mut mc = Config::preset(preset);
+    if let Some(s) = cfg.image_size {
+        mc.image_size = s;
+    }
+    let hf = cfg.init_siglip.is_some() || cfg.init_gemma.is_some();
+    let source: Option<Box<dyn candle_nn::var_builder::SimpleBackend>> = if hf {
+        mc = crate::model::load::config_from_hf(
+            mc,
+            cfg.init_siglip.as_deref(),
+            cfg.init_gemma.as_deref(),
+        )?;
+        Some(Box::new(crate::model::load::HfSources::open(
+            cfg.init_siglip.as_deref(),
+            cfg.init_gemma.as_deref(),
+        )?))
+    } else {
+        None
+    };
+    let tok_path = match (&cfg.tokenizer, &cfg.init_gemma) {
+        (Some(p), _) => p.clone(),
+        (None, Some(g)) => g.join("tokenizer.json"),
+        (None, None) => {
+            return Err(TrainError::Config(
+                "a model trained from scratch needs `tokenizer` (path to tokenizer.json)".into(),
+            ))
+        }
+    };
+    let tok = LofiTokenizer::from_file(&tok_path, &mc.tokens)?;
+    if tok.vocab_size() > mc.decoder.vocab_size {
+        return Err(TrainError::Config(format!(
+            "tokenizer has {} tokens, decoder vocabulary {}",
+            tok.vocab_size(),
+            mc.decoder.vocab_size
+        )));
+    }
+    if cfg.freeze == Freeze::Lora {
+        mc.lora = Some(LoraConfig::default());
+    }
+    mc.validate()?;
+    Ok((mc, tok, source))
+}
+
+fn trainable_fn(freeze: Freeze) -> TrainableFn {
+    match freeze {
+        Freeze::Full => Arc::new(|_| true),
+        Freeze::Encoder => Arc::new(|n: &str| !n.starts_with("vision_model.")),
+        Freeze::Lora => Arc::new(|n: &str| {
+            n.contains("lora_")
+                || n.contains(".head.")
+                || n.starts_with("projector.")
+                || n.starts_with("logit_")
+        }),
+    }
+}
+
+impl Trainer {
+    /// Build the model and parameters for a run (f32).
+    pub fn new(cfg: TrainConfig, device: Device) -> Result<Self, TrainError> {
+        Self::with_dtype(cfg, device, DType::F32)
+    }
+
+    /// Build with an explicit parameter dtype (f64 for finite-difference checks).
+    pub fn with_dtype(cfg: TrainConfig, device: Device, dtype: DType) -> Result<Self, TrainError> {
+        cfg.check()?;
+        let (model_cfg, tokenizer, source) = resolve_model(&cfg)?;
+        let store = ParamStore::new(cfg.seed, source, trainable_fn(cfg.freeze));
+        let vb = store.var_builder(dtype, &device);
+        let model = LofiModel::new(&model_cfg, vb)?;
+        Ok(Self {
+            model,
+            store,
+            tokenizer,
+            model_cfg,
+            cfg,
+            device,
+            cache: None,
+        })
+    }
+
+    /// Compute and keep the frozen encoder's features of `images` (frozen-encoder mode).
+    pub fn cache_features(&mut self, images: &[TrainImage]) -> Result<(), TrainError> {
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(16) {
+            let px: Vec<Vec<f32>> = chunk
+                .iter()
+                .map(|i| crate::model::image::normalize(i.square.as_raw()))
+                .collect();
+            let t = self.pixels_tensor(&px)?;
+            let o = self.model.encode_images(&t)?;
+            let pooled = match o.pooled {
+                Some(p) => p,
+                None => o.tokens.mean(1)?,
+            };
+            for i in 0..chunk.len() {
+                out.push(Features {
+                    tokens: o.tokens.get(i)?.detach(),
+                    pooled: pooled.get(i)?.detach(),
+                });
+            }
+        }
+        self.cache = Some(out);
+        Ok(())
+    }
+
+    fn pixels_tensor(&self, px: &[Vec<f32>]) -> Result<Tensor, TrainError> {
+        let s = self.model_cfg.image_size;
+        let c = self.model_cfg.vision.num_channels;
+        let flat: Vec<f32> = px.iter().flat_map(|p| p.iter().copied()).collect();
+        let t = Tensor::from_vec(flat, (px.len(), 1, s, s), &self.device)?
+            .to_dtype(self.model.decoder.dtype())?;
+        Ok(if c > 1 { t.repeat((1, c, 1, 1))? } else { t })
+    }
+
+    /// Forward pass and loss of a batch. With `cached`, `cached[i]` indexes the frozen encoder's
+    /// feature cache for sample i; otherwise the images are encoded.
+    pub fn batch_loss(
+        &self,
+        samples: &[Sample],
+        cached: Option<&[usize]>,
+    ) -> Result<(Tensor, LossParts), TrainError> {
+        let b = samples.len();
+        let (tokens, pooled) = match (&self.cache, cached) {
+            (Some(cache), Some(image_idx)) => {
+                let t: Vec<Tensor> = image_idx.iter().map(|&i| cache[i].tokens.clone()).collect();
+                let p: Vec<Tensor> = image_idx.iter().map(|&i| cache[i].pooled.clone()).collect();
+                (Tensor::stack(&t, 0)?, Tensor::stack(&p, 0)?)
+            }
+            _ => {
+                let px: Vec<Vec<f32>> = samples.iter().map(|s| s.pixels.clone()).collect();
+                let o = self.model.encode_images(&self.pixels_tensor(&px)?)?;
+                let pooled = match o.pooled {
+                    Some(p) => p,
+                    None => o.tokens.mean(1)?,
+                };
+                (o.tokens, pooled)
+            }
+        };
+        // sigmoid loss
+        let len = self.model.text.max_len();
+        let mut ids = Vec::with_capacity(b * len);
+        for s in samples {
+            ids.extend(self.tokenizer.encode_fixed(&s.text, len)?);
+        }
+        let ids = Tensor::from_vec(ids, (b, len), &self.device)?;
+        let txt = l2_normalize(&self.model.text.forward(&ids)?)?;
+        let img = l2_normalize(&pooled)?;
+        let sig = loss::sigmoid_loss(&img, &txt, &self.model.logit_scale, &self.model.logit_bias)?;
+        // decoder losses
+        let m = self.model_cfg.projector.num_tokens;
+        let prefix = self.model.projector.forward(&tokens)?;
+        let prompts = samples
+            .iter()
+            .map(|s| build_prompt(&self.tokenizer, std::slice::from_ref(&s.turn), m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let start = prompts[0].image_starts[0];
+        if prompts.iter().any(|p| p.image_starts[0] != start) {
+            return Err(TrainError::Data(
+                "prompts disagree on the image position".into(),
+            ));
+        }
+        let t_max = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let mut flat_ids = Vec::with_capacity(b * t_max);
+        let (mut cap_rows, mut cap_tgt, mut loc_rows, mut loc_tgt) =
+            (vec![], vec![], vec![], vec![]);
+        for (bi, (p, s)) in prompts.iter().zip(samples).enumerate() {
+            for t in 0..t_max {
+                let id = p.ids.get(t).copied().unwrap_or(self.tokenizer.pad);
+                flat_ids.push(id);
+                if t >= 1 && p.targets.get(t).copied().unwrap_or(false) {
+                    let row = (bi * t_max + t - 1) as u32;
+                    match s.kind {
+                        TaskKind::Caption => {
+                            cap_rows.push(row);
+                            cap_tgt.push(id);
+                        }
+                        TaskKind::Location => {
+                            loc_rows.push(row);
+                            loc_tgt.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        let ids = Tensor::from_vec(flat_ids, (b, t_max), &self.device)?;
+        let embeds = self.model.prompt_embeds(&ids, &[start], &[prefix])?;
+        let hidden = self.model.decoder.forward_embeds(&embeds, None)?;
+        let hidden = hidden.reshape((b * t_max, ()))?;
+        let ce = |rows: Vec<u32>, tgt: Vec<u32>| -> Result<Option<Tensor>, TrainError> {
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let n = rows.len();
+            let rows = Tensor::from_vec(rows, n, &self.device)?;
+            let tgt = Tensor::from_vec(tgt, n, &self.device)?;
+            let h = hidden.index_select(&rows, 0)?;
+            let logits = self.model.decoder.logits(&h)?;
+            Ok(Some(loss::cross_entropy(&logits, &tgt)?))
+        };
+        let cap = ce(cap_rows, cap_tgt)?;
+        let loc = ce(loc_rows, loc_tgt)?;
+        let scalar = |t: &Option<Tensor>| -> Result<f64, TrainError> {
+            Ok(match t {
+                Some(t) => t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                None => 0.0,
+            })
+        };
+        let parts_dec = match (&cap, &loc) {
+            (Some(c), Some(l)) => Some((c + l)?),
+            (Some(c), None) => Some(c.clone()),
+            (None, Some(l)) => Some(l.clone()),
+            (None, None) => None,
+        };
+        let total = match parts_dec {
+            Some(d) => (&sig + (d * self.cfg.lambda)?)?,
+            None => sig.clone(),
+        };
+        let parts = LossParts {
+            total: total.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            sig: sig.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            cap: scalar(&cap)?,
+            loc: scalar(&loc)?,
+        };
+        Ok((total, parts))
+    }
+
+    /// Gradients of the trainable parameters for one batch.
+    pub fn grads(
+        &self,
+        samples: &[Sample],
+        image_idx: &[usize],
+    ) -> Result<(BTreeMap<String, Tensor>, LossParts), TrainError> {
+        let (total, parts) = self.batch_loss(samples, Some(image_idx))?;
+        let gs = total.backward()?;
+        let mut out = BTreeMap::new();
+        for (name, var) in self.store.trainable() {
+            if let Some(g) = gs.get(var.as_tensor()) {
+                out.insert(name, g.clone());
+            }
+        }
+        Ok((out, parts))
+    }
+}
+
+/// Image indices for the global sample positions `from..from + n` (epoch permutations from seed).
+pub fn sample_order(seed: u64, n_images: usize, from: usize, n: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(n);
+    let mut cur_epoch = usize::MAX;
+    let mut perm: Vec<usize> = Vec::new();
+    for g in from..from + n {
+        let e = g / n_images;
+        if e != cur_epoch {
+            perm = (0..n_images).collect();
+            perm.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                seed ^ (0x5EED_0000 + e as u64),
+            ));
+            cur_epoch = e;
+        }
+        out.push(perm[g % n_images]);
+    }
+    out
+}
+
+fn sample_rng(seed: u64, g: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(crate::manifest::fnv64(seed, &(g as u64).to_le_bytes()))
+}
+
+/// Options of one `finetune` invocation beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Output folder.
+    pub out: PathBuf,
+    /// Continue the run in `out`.
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop (after saving) when set.
+    pub cancel: Cancel,
+    /// Stop after this many steps of this invocation (tests: interrupt a run deterministically).
+    pub stop_after: Option<usize>,
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> TrainError {
+    move |e| TrainError::Io { what, source: e }
+}
+
+/// Validation loss over fixed, un-augmented samples.
+pub fn validate(tr: &Trainer, val: &[TrainImage], seed: u64) -> Result<LossParts, TrainError> {
+    if val.is_empty() {
+        return Ok(LossParts::default());
+    }
+    let mut acc = LossParts::default();
+    let mut n = 0.0;
+    let none = Augment::none();
+    for (ci, chunk) in val.chunks(tr.cfg.batch_size.max(2)).enumerate() {
+        let samples: Vec<Sample> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, im)| make_sample(im, &none, &mut sample_rng(seed ^ 0xA11, ci * 1000 + i)))
+            .collect();
+        // the feature cache indexes training images; validation images are encoded
+        let (_, p) = tr.batch_loss(&samples, None)?;
+        let w = chunk.len() as f64;
+        acc.total += p.total * w;
+        acc.sig += p.sig * w;
+        acc.cap += p.cap * w;
+        acc.loc += p.loc * w;
+        n += w;
+    }
+    acc.total /= n;
+    acc.sig /= n;
+    acc.cap /= n;
+    acc.loc /= n;
+    Ok(acc)
+}
+
+/// Write the inference model directory (LoRA merged) for the current parameters.
+pub fn export_model(tr: &Trainer, dir: &Path, card: Option<&str>) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let mut tensors = tr.store.tensors();
+    let mut cfg = tr.model_cfg.clone();
+    if let Some(l) = cfg.lora.take() {
+        let names: Vec<String> = tensors
+            .keys()
+            .filter(|k| k.ends_with(".lora_A.weight"))
+            .cloned()
+            .collect();
+        for a_name in names {
+            let prefix = a_name.trim_end_matches(".lora_A.weight").to_string();
+            let b_name = format!("{prefix}.lora_B.weight");
+            let w_name = format!("{prefix}.weight");
+            let (rank, alpha) = if prefix.starts_with("decoder.") {
+                (l.decoder_rank, l.decoder_alpha)
+            } else {
+                (l.encoder_rank, l.encoder_alpha)
+            };
+            let (Some(a), Some(b), Some(w)) = (
+                tensors.get(&a_name),
+                tensors.get(&b_name),
+                tensors.get(&w_name),
+            ) else {
+                continue;
+            };
+            let merged = (w + (b.matmul(a)? * (alpha / rank as f64))?)?;
+            tensors.insert(w_name, merged);
+            tensors.remove(&a_name);
+            tensors.remove(&b_name);
+        }
+    }
+    let bytes = safetensors::serialize(
+        tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v))
+            .collect::<Vec<_>>(),
+        None,
+    )
+    .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    crate::util::atomic_write(&dir.join("model.safetensors"), &bytes)
+        .map_err(io(format!("writing {}", dir.display())))?;
+    let json = serde_json::to_string_pretty(&cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    crate::util::atomic_write(&dir.join("config.json"), json.as_bytes())
+        .map_err(io("writing config.json".into()))?;
+    tr.tokenizer.save(&dir.join("tokenizer.json"))?;
+    if let Some(card) = card {
+        crate::util::atomic_write(&dir.join("MODEL_CARD.md"), card.as_bytes())
+            .map_err(io("writing MODEL_CARD.md".into()))?;
+    }
+    Ok(())
+}
+
+/// Run (or resume) fine-tuning.
+pub fn finetune(
+    cfg: TrainConfig,
+    train: &Manifest,
+    val: &Manifest,
+    device: Device,
+    opts: &RunOptions,
+) -> Result<TrainSummary, TrainError> {
+    let out = &opts.out;
+    std::fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
+    let ckpt_root = out.join("checkpoints");
+    // a resumed run keeps its saved configuration: the schedule and data order depend on it
+    let cfg = if opts.resume && out.join("train_config.toml").exists() {
+        let saved = TrainConfig::from_toml(&out.join("train_config.toml"))?;
+        if saved != cfg {
+            tracing::info!("resuming with the run's saved configuration");
+        }
+        saved
+    } else {
+        cfg
+    };
+    let mut tr = Trainer::new(cfg.clone(), device.clone())?;
+    // the run's config next to its checkpoints, before training starts
+    let toml_text = toml::to_string_pretty(&cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    crate::util::atomic_write(&out.join("train_config.toml"), toml_text.as_bytes())
+        .map_err(io("writing train_config.toml".into()))?;
+    let mc_json = serde_json::to_string_pretty(&tr.model_cfg)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    crate::util::atomic_write(&out.join("model_config.json"), mc_json.as_bytes())
+        .map_err(io("writing model_config.json".into()))?;
+
+    let size = tr.model_cfg.image_size as u32;
+    let bar = |len: usize, what: &str| {
+        let pb = if opts.progress {
+            indicatif::ProgressBar::new(len as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{what} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {{msg}} (ETA {{eta}})"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb
+    };
+    let pb = bar(train.records.len() + val.records.len(), "loading");
+    let train_imgs = data::prepare(train, size, cfg.threads, &|_| pb.inc(1))?;
+    let val_imgs = data::prepare(val, size, cfg.threads, &|_| pb.inc(1))?;
+    pb.finish_and_clear();
+    if train_imgs.is_empty() {
+        return Err(TrainError::Data(
+            "the training manifest has no images".into(),
+        ));
+    }
+    let augment = if cfg.freeze == Freeze::Encoder {
+        tr.cache_features(&train_imgs)?;
+        Augment::none()
+    } else {
+        cfg.augment
+    };
+    let trainable = tr.store.trainable();
+    let (n_all, n_tr) = tr.store.counts();
+    tracing::info!(
+        "{} images ({} regions) train, {} val; {n_all} parameters, {n_tr} trainable",
+        train_imgs.len(),
+        train.region_count(),
+        val_imgs.len()
+    );
+
+    let mut optim = AdamW::new(AdamWConfig {
+        weight_decay: cfg.weight_decay,
+        ..Default::default()
+    });
+    let mut state = TrainState {
+        step: 0,
+        adam_t: 0,
+        best_val: None,
+        best_step: None,
+        sha256: String::new(),
+    };
+    if opts.resume {
+        if let Some(c) = checkpoint::load_latest(&ckpt_root, &device)? {
+            tr.store.load(&c.params)?;
+            let cfg_opt = optim.cfg;
+            optim = c.optim;
+            optim.cfg = cfg_opt;
+            state = c.state;
+            tracing::info!("resumed at step {} from {}", state.step, c.dir.display());
+        }
+    }
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(io(format!("opening {}", metrics_path.display())))?;
+
+    let per_step = cfg.batch_size * cfg.grad_accum;
+    let pb = bar(cfg.steps, "finetune");
+    pb.set_position(state.step as u64);
+    let t0 = Instant::now();
+    let mut recent: Vec<f64> = Vec::new();
+    let mut last_val: BTreeMap<String, f64> = BTreeMap::new();
+    let mut interrupted = false;
+    let mut steps_this_run = 0usize;
+    let save = |st: &TrainState, optim: &AdamW, tr: &Trainer| -> Result<(), TrainError> {
+        checkpoint::save(
+            &ckpt_root,
+            &tr.store.tensors(),
+            optim,
+            st.clone(),
+            cfg.keep_last,
+        )?;
+        Ok(())
+    };
+    while state.step < cfg.steps {
+        if opts.cancel.is_cancelled() || opts.stop_after.is_some_and(|n| steps_this_run >= n) {
+            interrupted = true;
+            break;
+        }
+        let step = state.step;
+        let ts = Instant::now();
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut parts = LossParts::default();
+        for micro in 0..cfg.grad_accum {
+            let g0 = step * per_step + micro * cfg.batch_size;
+            let idx = sample_order(cfg.seed, train_imgs.len(), g0, cfg.batch_size);
+            let samples: Vec<Sample> = idx
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| {
+                    make_sample(&train_imgs[k], &augment, &mut sample_rng(cfg.seed, g0 + i))
+                })
+                .collect();
+            let (g, p) = tr.grads(&samples, &idx)?;
+            for (k, v) in g {
+                let v = (v / cfg.grad_accum as f64)?;
+                let nv = match grads.remove(&k) {
+                    Some(acc) => (acc + v)?,
+                    None => v,
+                };
+                grads.insert(k, nv);
+            }
+            let w = 1.0 / cfg.grad_accum as f64;
+            parts.total += p.total * w;
+            parts.sig += p.sig * w;
+            parts.cap += p.cap * w;
+            parts.loc += p.loc * w;
+        }
+        let norm = optim::clip(&mut grads, cfg.grad_clip)?;
+        if !parts.total.is_finite() || !norm.is_finite() {
+            let value = if parts.total.is_finite() {
+                norm
+            } else {
+                parts.total
+            };
+            pb.abandon();
+            return Err(TrainError::NonFinite {
+                value,
+                step,
+                dir: ckpt_root.clone(),
+            });
+        }
+        let lr = optim::lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr_ratio);
+        optim.step(&trainable, &grads, lr)?;
+        state.step += 1;
+        steps_this_run += 1;
+        let dt = ts.elapsed().as_secs_f64();
+        let sps = per_step as f64 / dt.max(1e-9);
+        recent.push(parts.total);
+        if recent.len() > 50 {
+            recent.remove(0);
+        }
+        let line = serde_json::json!({
+            "step": state.step, "loss": parts.total, "sig": parts.sig, "cap": parts.cap,
+            "loc": parts.loc, "lr": lr, "grad_norm": norm, "samples_per_s": sps,
+            "elapsed_s": t0.elapsed().as_secs_f64(),
+        });
+        writeln!(metrics, "{line}").map_err(io("writing metrics.jsonl".into()))?;
+        pb.set_message(format!(
+            "loss {:.3} (sig {:.3} cap {:.3} loc {:.3}) lr {lr:.2e} {sps:.1} img/s",
+            parts.total, parts.sig, parts.cap, parts.loc
+        ));
+        pb.set_position(state.step as u64);
+
+        let at_val = cfg.val_every > 0 && state.step % cfg.val_every == 0;
+        let at_save = cfg.save_every > 0 && state.step % cfg.save_every == 0;
+        if at_val && !val_imgs.is_empty() {
+            let v = validate(&tr, &val_imgs, cfg.seed)?;
+            last_val = BTreeMap::from([
+                ("loss".into(), v.total),
+                ("sig".into(), v.sig),
+                ("cap".into(), v.cap),
+                ("loc".into(), v.loc),
+            ]);
+            let line = serde_json::json!({"step": state.step, "val": last_val});
+            writeln!(metrics, "{line}").map_err(io("writing metrics.jsonl".into()))?;
+            if state.best_val.is_none_or(|b| v.total < b) {
+                state.best_val = Some(v.total);
+                state.best_step = Some(state.step);
+                export_model(&tr, &out.join("best"), None)?;
+            }
+        }
+        if at_save || state.step == cfg.steps {
+            save(&state, &optim, &tr)?;
+        }
+    }
+    if interrupted {
+        save(&state, &optim, &tr)?;
+        pb.abandon_with_message(format!("stopped at step {}; checkpoint saved", state.step));
+    } else {
+        pb.finish();
+    }
+    let model_dir = out.join("model");
+    export_model(&tr, &model_dir, None)?;
+    if let Err(e) = plot::loss_curve(&metrics_path, &out.join("loss_curve.png")) {
+        tracing::warn!("loss curve not drawn: {e}");
+    }
+    let summary = TrainSummary {
+        steps: state.step,
+        train_loss: if recent.is_empty() {
+            f64::NAN
+        } else {
+            recent.iter().sum::<f64>() / recent.len() as f64
+        },
+        val: last_val,
+        model_dir,
+        interrupted,
+    };
+    let s =
+        serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Config(e.to_string()))?;
+    crate::util::atomic_write(&out.join("summary.json"), s.as_bytes())
+        .map_err(io("writing summary.json".into()))?;
+    Ok(summary)
+}

@@ -1,0 +1,6 @@
+//! Headless integration tests (one binary: every extra test file links the whole app again).
+
+mod common;
+mod dicom;
+mod model;
+mod train;

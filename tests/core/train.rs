@@ -1,0 +1,321 @@
+//! Training tests: gradients (finite differences, coverage), overfitting on real images, exact
+//! resume, and resuming after kills.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use lofi_viewer::manifest::{Manifest, Record, Region};
+use lofi_viewer::model::Lofi;
+use lofi_viewer::train::data::{make_sample, prepare, Augment, Sample};
+use lofi_viewer::train::{finetune, Freeze, RunOptions, TrainConfig, Trainer};
+use rand::SeedableRng;
+
+use super::common::{fixtures, nih_manifest, tokenizer_path};
+
+fn tiny_cfg() -> TrainConfig {
+    TrainConfig {
+        preset: "lofi-tiny".into(),
+        tokenizer: Some(tokenizer_path()),
+        image_size: Some(64),
+        steps: 4,
+        batch_size: 2,
+        warmup: 1,
+        save_every: 2,
+        val_every: 0,
+        augment: Augment::default(),
+        threads: 1,
+        ..Default::default()
+    }
+}
+
+/// The 3 NIH fixture images plus one more real NIH image with its box.
+fn four_images(dir: &Path) -> Manifest {
+    let mut m = nih_manifest(dir);
+    m.records.push(Record {
+        image: fixtures()
+            .join("nih4/images/00013118_008.png")
+            .to_string_lossy()
+            .into_owned(),
+        patient_id: Some("13118".into()),
+        labels: vec!["Atelectasis".into()],
+        regions: vec![Region {
+            phrase: "right middle zone atelectasis".into(),
+            phrase_basic: Some("atelectasis".into()),
+            finding: Some("Atelectasis".into()),
+            synonyms: vec![],
+            bbox: [112.54, 273.51, 155.93, 313.1],
+        }],
+        ..Default::default()
+    });
+    m
+}
+
+fn fixed_samples(tr: &Trainer, m: &Manifest, seed: u64) -> Vec<Sample> {
+    let imgs = prepare(m, tr.model_cfg.image_size as u32, 1, &|_| {}).unwrap();
+    imgs.iter()
+        .enumerate()
+        .map(|(i, im)| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + i as u64);
+            make_sample(im, &Augment::none(), &mut rng)
+        })
+        .collect()
+}
+
+fn loss_of(tr: &Trainer, s: &[Sample]) -> f64 {
+    tr.batch_loss(s, None).unwrap().1.total
+}
+
+#[test]
+fn finite_differences_agree_with_backprop_in_every_component() {
+    let d = tempfile::tempdir().unwrap();
+    let m = four_images(d.path());
+    let tr = Trainer::with_dtype(tiny_cfg(), Device::Cpu, DType::F64).unwrap();
+    // one location sample and one caption sample at least: seeds chosen so both kinds occur
+    let mut samples = fixed_samples(&tr, &m, 11);
+    samples[3].turn = lofi_viewer::model::prompt::Turn {
+        instruction: lofi_viewer::model::prompt::Instruction::Caption,
+        response: Some("atelectasis.".into()),
+        supervised: true,
+    };
+    samples[3].kind = lofi_viewer::train::data::TaskKind::Caption;
+    let (grads, _) = tr.grads(&samples, &[0, 1, 2, 3]).unwrap();
+    let params = tr.store.trainable();
+    let names = [
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.position_embedding.weight",
+        "vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        "vision_model.encoder.layers.5.mlp.fc2.bias",
+        "vision_model.head.probe",
+        "vision_model.head.attention.in_proj_weight",
+        "vision_model.post_layernorm.weight",
+        "text_model.embeddings.position_embedding.weight",
+        "text_model.encoder.layers.1.mlp.fc1.weight",
+        "text_model.final_layer_norm.bias",
+        "text_model.head.weight",
+        "projector.map.probe",
+        "projector.map.attention.in_proj_weight",
+        "projector.fc2.weight",
+        "decoder.model.embed_tokens.weight",
+        "decoder.model.layers.0.self_attn.q_norm.weight",
+        "decoder.model.layers.1.self_attn.k_proj.weight",
+        "decoder.model.layers.3.mlp.down_proj.weight",
+        "decoder.model.layers.2.post_feedforward_layernorm.weight",
+        "decoder.model.norm.weight",
+        "logit_scale",
+        "logit_bias",
+    ];
+    let eps = 1e-6;
+    for name in names {
+        let (_, var) = params
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let g: Vec<f64> = grads[name].flatten_all().unwrap().to_vec1().unwrap();
+        // the two entries with the largest gradient (a strong, checkable signal)
+        let mut idx: Vec<usize> = (0..g.len()).collect();
+        idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        for &k in idx.iter().take(2) {
+            let orig: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let shape = var.shape().clone();
+            let set = |v: f64| {
+                let mut w = orig.clone();
+                w[k] = v;
+                var.set(&Tensor::from_vec(w, shape.clone(), &Device::Cpu).unwrap())
+                    .unwrap();
+            };
+            set(orig[k] + eps);
+            let lp = loss_of(&tr, &samples);
+            set(orig[k] - eps);
+            let lm = loss_of(&tr, &samples);
+            set(orig[k]);
+            let fd = (lp - lm) / (2.0 * eps);
+            let err = (fd - g[k]).abs() / (fd.abs().max(g[k].abs()).max(1e-6));
+            assert!(
+                err < 1e-3,
+                "{name}[{k}]: finite difference {fd} vs backprop {}",
+                g[k]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_gradient() {
+    let d = tempfile::tempdir().unwrap();
+    let m = four_images(d.path());
+    for freeze in [Freeze::Full, Freeze::Lora] {
+        let cfg = TrainConfig {
+            freeze,
+            ..tiny_cfg()
+        };
+        let tr = Trainer::new(cfg, Device::Cpu).unwrap();
+        if freeze == Freeze::Lora {
+            // LoRA B starts at zero, which zeroes A's gradient: move B off zero first
+            for (n, v) in tr.store.trainable() {
+                if n.ends_with("lora_B.weight") {
+                    v.set(&v.as_tensor().randn_like(0.0, 0.01).unwrap())
+                        .unwrap();
+                }
+            }
+        }
+        let mut samples = fixed_samples(&tr, &m, 5);
+        samples[2].turn = lofi_viewer::model::prompt::Turn {
+            instruction: lofi_viewer::model::prompt::Instruction::Caption,
+            response: Some("nodule.".into()),
+            supervised: true,
+        };
+        samples[2].kind = lofi_viewer::train::data::TaskKind::Caption;
+        let (grads, _) = tr.grads(&samples, &[0, 1, 2, 3]).unwrap();
+        let trainable = tr.store.trainable();
+        assert!(!trainable.is_empty());
+        for (name, _) in &trainable {
+            let g = grads
+                .get(name)
+                .unwrap_or_else(|| panic!("{freeze:?}: no gradient for {name}"));
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0, "{freeze:?}: zero gradient for {name}");
+        }
+        if freeze == Freeze::Lora {
+            assert!(trainable
+                .iter()
+                .all(|(n, _)| !n.ends_with("q_proj.weight") || n.contains("lora")));
+        }
+    }
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let i = iw * ih;
+    let u = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - i;
+    if u > 0.0 {
+        i / u
+    } else {
+        0.0
+    }
+}
+
+fn mean_iou(model_dir: &Path, m: &Manifest) -> f32 {
+    let lofi = Lofi::load(model_dir, lofi_viewer::model::load::DeviceChoice::Cpu).unwrap();
+    let mut s = 0.0;
+    let mut n = 0.0;
+    for r in &m.records {
+        let img = lofi_viewer::dicom::load_gray8(&m.image_path(r)).unwrap();
+        let enc = lofi.encode(&img).unwrap();
+        for g in &r.regions {
+            let boxes = lofi.ground(&enc, &g.phrase, &[]).unwrap();
+            s += boxes
+                .first()
+                .map_or(0.0, |b| iou([b.x1, b.y1, b.x2, b.y2], g.bbox));
+            n += 1.0;
+        }
+    }
+    s / n
+}
+
+#[test]
+fn overfits_four_real_images() {
+    let d = tempfile::tempdir().unwrap();
+    let m = four_images(d.path());
+    let cfg = TrainConfig {
+        steps: 60,
+        batch_size: 4,
+        lr: 2e-3,
+        warmup: 5,
+        save_every: 1000,
+        augment: Augment::none(),
+        ..tiny_cfg()
+    };
+    let out = d.path().join("run");
+    // the model before training: export the step-0 weights
+    let tr0 = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    lofi_viewer::train::export_model(&tr0, &out.join("init"), None).unwrap();
+    let iou0 = mean_iou(&out.join("init"), &m);
+    let opts = RunOptions {
+        out: out.clone(),
+        ..Default::default()
+    };
+    let s = finetune(cfg, &m, &Manifest::default(), Device::Cpu, &opts).unwrap();
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()?
+                .get("loss")?
+                .as_f64()
+        })
+        .collect();
+    let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(last < 0.5 * first, "loss {first:.3} → {last:.3}");
+    let iou1 = mean_iou(&s.model_dir, &m);
+    assert!(iou1 > iou0 + 0.2, "grounding IoU {iou0:.3} → {iou1:.3}");
+    assert!(out.join("loss_curve.png").exists() && out.join("summary.json").exists());
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let t = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn resume_is_bit_exact() {
+    let d = tempfile::tempdir().unwrap();
+    let m = four_images(d.path());
+    let cfg = tiny_cfg();
+    let straight = d.path().join("straight");
+    finetune(
+        cfg.clone(),
+        &m,
+        &Manifest::default(),
+        Device::Cpu,
+        &RunOptions {
+            out: straight.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let split = d.path().join("split");
+    let first = finetune(
+        cfg.clone(),
+        &m,
+        &Manifest::default(),
+        Device::Cpu,
+        &RunOptions {
+            out: split.clone(),
+            stop_after: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(first.interrupted && first.steps == 2);
+    let second = finetune(
+        cfg,
+        &m,
+        &Manifest::default(),
+        Device::Cpu,
+        &RunOptions {
+            out: split.clone(),
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(second.steps, 4);
+    assert_eq!(
+        weights(&straight.join("model")),
+        weights(&split.join("model"))
+    );
+}
