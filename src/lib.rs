@@ -6,6 +6,8 @@
 
 pub mod cli;
 pub mod dicom;
+#[cfg(feature = "gui")]
+pub mod gui;
 pub mod manifest;
 pub mod model;
 pub mod train;

@@ -33,8 +33,49 @@ fn main() {
             }
         }
     } else {
-        eprintln!("error: the GUI is not available yet; use --headless");
-        1
+        run_gui(&cli)
     };
     std::process::exit(code);
+}
+
+#[cfg(feature = "gui")]
+fn run_gui(cli: &Cli) -> i32 {
+    use lofi_viewer::gui::{self, ShotOutcome};
+    let device = match commands::device_choice(cli) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let args = gui::Args {
+        paths: cli.paths.clone(),
+        phrase: cli.phrase.clone(),
+        screenshot: cli.screenshot.clone(),
+        model: cli.model.clone(),
+        store: cli.store.clone(),
+        device,
+    };
+    let shot = args.screenshot.is_some();
+    match gui::run(args) {
+        Ok(ShotOutcome::Failed(e)) => {
+            eprintln!("error: screenshot failed: {e}");
+            1
+        }
+        Ok(ShotOutcome::Pending) if shot => {
+            eprintln!("error: the window closed before the screenshot was taken");
+            1
+        }
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            1
+        }
+    }
+}
+
+#[cfg(not(feature = "gui"))]
+fn run_gui(_cli: &Cli) -> i32 {
+    eprintln!("error: this build has no GUI (built without the `gui` feature); use --headless");
+    2
 }

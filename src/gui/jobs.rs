@@ -1,0 +1,105 @@
+//! Long work runs on named background threads; results come back over a channel that the UI
+//! drains once per frame, so the frame never waits on decoding, inference or indexing.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use crate::dicom::study::Scan;
+use crate::dicom::LoadedImage;
+use crate::util::Cancel;
+
+/// What a job sends back.
+pub enum JobEvent {
+    /// Paths were scanned into a study tree.
+    Scanned(Scan),
+    /// An image finished loading (or failed).
+    Loaded {
+        /// Which file.
+        path: PathBuf,
+        /// The image or a one-line error.
+        result: Result<Arc<LoadedImage>, String>,
+    },
+    /// A thumbnail is ready.
+    Thumbnail {
+        /// Which file.
+        path: PathBuf,
+        /// Its picture (None when the file cannot be shown).
+        image: Option<egui::ColorImage>,
+    },
+    /// Progress of a named job.
+    Progress {
+        /// Job name.
+        job: String,
+        /// Units done.
+        done: usize,
+        /// Units in all.
+        total: usize,
+    },
+    /// A job ended with an error.
+    Failed {
+        /// Job name.
+        job: String,
+        /// One-line message.
+        error: String,
+    },
+    /// Anything else (AI and store results), boxed.
+    Other(Box<dyn std::any::Any + Send>),
+}
+
+/// The job runner.
+pub struct Jobs {
+    tx: Sender<JobEvent>,
+    rx: Receiver<JobEvent>,
+    ctx: egui::Context,
+}
+
+/// What a running job holds: its sender and a repaint handle.
+#[derive(Clone)]
+pub struct JobHandle {
+    tx: Sender<JobEvent>,
+    ctx: egui::Context,
+    /// Set when the user cancels.
+    pub cancel: Cancel,
+}
+
+impl JobHandle {
+    /// Send a result and wake the UI.
+    pub fn send(&self, e: JobEvent) {
+        let _ = self.tx.send(e);
+        self.ctx.request_repaint();
+    }
+}
+
+impl Jobs {
+    /// A runner that wakes `ctx` whenever a job reports.
+    pub fn new(ctx: egui::Context) -> Self {
+        let (tx, rx) = channel();
+        Self { tx, rx, ctx }
+    }
+
+    /// Start `f` on a named thread; returns its cancel flag.
+    pub fn spawn(&self, name: &str, f: impl FnOnce(JobHandle) + Send + 'static) -> Cancel {
+        let cancel = Cancel::new();
+        let h = JobHandle {
+            tx: self.tx.clone(),
+            ctx: self.ctx.clone(),
+            cancel: cancel.clone(),
+        };
+        let job = name.to_string();
+        let h2 = h.clone();
+        let res = std::thread::Builder::new().name(name.to_string()).spawn(move || f(h));
+        if let Err(e) = res {
+            h2.send(JobEvent::Failed {
+                job,
+                error: format!("could not start a thread: {e}"),
+            });
+        }
+        cancel
+    }
+
+    /// Everything reported since the last call.
+    pub fn poll(&self) -> Vec<JobEvent> {
+        self.rx.try_iter().collect()
+    }
+}
