@@ -110,7 +110,6 @@ pub struct Viewport {
     last_tick: f64,
     /// Ruler end points in image pixels.
     pub ruler: Option<[Pos2; 2]>,
-    uploaded_key: Option<u64>,
     /// Load or display error.
     pub error: Option<String>,
     /// Waiting for a load.
@@ -290,7 +289,6 @@ impl LofiApp {
         vp.frame = 0;
         vp.ruler = None;
         vp.error = None;
-        vp.uploaded_key = None;
         vp.playing = false;
         if let Some(img) = self.cache.get(&path) {
             vp.image = Some(img.clone());
@@ -381,8 +379,7 @@ impl LofiApp {
                             if vp.path.as_ref() == Some(&path) {
                                 vp.image = Some(img.clone());
                                 vp.loading = false;
-                                vp.uploaded_key = None;
-                            }
+                                                    }
                         }
                     }
                     Err(e) => {
@@ -657,11 +654,9 @@ impl LofiApp {
             let mut u = Uniforms::new(&img.info, frame, &params).with_rgb_invert(params.invert);
             u.corners = vp.view.clip_corners(rect, size);
             u.smooth = (self.settings.smooth && vp.view.zoom > 1.0) as u32;
-            let upload = if vp.uploaded_key != Some(key) { Some((key, img.clone(), vp.frame)) } else { None };
-            vp.uploaded_key = Some(key);
             let cb = UploadingCallback {
                 slot: idx as u32,
-                upload: Mutex::new(upload),
+                image: (key, img.clone(), vp.frame),
                 draw: ImageCallback { slot: idx as u32, uniforms: u },
             };
             painter.add(egui_wgpu_callback(rect, cb));
@@ -777,10 +772,10 @@ fn merge_scan(into: &mut Scan, new: Scan) {
     into.skipped.extend(new.skipped);
 }
 
-/// A callback that uploads the image on first use, then draws it.
+/// A callback that uploads the image when its GPU slot holds another one, then draws it.
 struct UploadingCallback {
     slot: u32,
-    upload: Mutex<Option<(u64, Arc<LoadedImage>, usize)>>,
+    image: (u64, Arc<LoadedImage>, usize),
     draw: ImageCallback,
 }
 
@@ -793,11 +788,11 @@ impl eframe::egui_wgpu::CallbackTrait for UploadingCallback {
         encoder: &mut eframe::egui_wgpu::wgpu::CommandEncoder,
         resources: &mut eframe::egui_wgpu::CallbackResources,
     ) -> Vec<eframe::egui_wgpu::wgpu::CommandBuffer> {
-        let pending = self.upload.lock().ok().and_then(|mut u| u.take());
-        if let (Some((key, img, frame)), Some(r)) = (pending, resources.get_mut::<ImageRenderer>()) {
-            if !r.holds(self.slot, key) {
-                if let Some(f) = img.frames.get(frame) {
-                    if let Err(e) = r.upload(device, queue, self.slot, key, f, &img.info) {
+        let (key, img, frame) = &self.image;
+        if let Some(r) = resources.get_mut::<ImageRenderer>() {
+            if !r.holds(self.slot, *key) {
+                if let Some(f) = img.frames.get(*frame) {
+                    if let Err(e) = r.upload(device, queue, self.slot, *key, f, &img.info) {
                         tracing::error!("GPU upload failed: {e}");
                     }
                 }
