@@ -6,9 +6,12 @@
 
 pub mod cli;
 pub mod dicom;
+pub mod eval;
 #[cfg(feature = "gui")]
 pub mod gui;
 pub mod manifest;
 pub mod model;
+pub mod report;
+pub mod store;
 pub mod train;
 pub mod util;

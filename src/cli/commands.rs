@@ -33,6 +33,15 @@ pub fn default_model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// The bundled WordPiece tokenizer (used by random-weight benchmark models).
+pub fn default_tokenizer() -> PathBuf {
+    let rel = Path::new("assets/tokenizer/all-MiniLM-L6-v2/tokenizer.json");
+    if rel.exists() {
+        return rel.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
 /// The device the user asked for.
 pub fn device_choice(cli: &Cli) -> Result<DeviceChoice> {
     match &cli.device {
@@ -82,6 +91,37 @@ pub fn info_json(img: &crate::dicom::LoadedImage) -> Value {
     })
 }
 
+/// Open the store the user named (or the default one).
+pub fn open_store(cli: &Cli, _model: &Lofi) -> Result<Box<dyn crate::store::PriorStore>> {
+    let s = crate::store::open(cli.store.as_deref()).context("opening the prior-case store")?;
+    Ok(s)
+}
+
+/// Embedding of an image file, or of a region of it (cropped, then letterboxed).
+pub fn query_embedding(m: &Lofi, image: &Path, bbox: Option<[f32; 4]>) -> Result<Vec<f32>> {
+    let img = load_image(image)?;
+    let img = match bbox {
+        Some([x1, y1, x2, y2]) => {
+            let (w, h) = (img.width() as f32, img.height() as f32);
+            let (x1, y1) = (x1.clamp(0.0, w - 1.0), y1.clamp(0.0, h - 1.0));
+            let (x2, y2) = (x2.clamp(x1 + 1.0, w), y2.clamp(y1 + 1.0, h));
+            image::imageops::crop_imm(&img, x1 as u32, y1 as u32, (x2 - x1) as u32, (y2 - y1) as u32).to_image()
+        }
+        None => img,
+    };
+    Ok(m.encode(&img)?.embedding)
+}
+
+/// A terminal progress bar on stderr.
+pub fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!("{what} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} (ETA {{eta}})"))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
 /// Run a headless command.
 pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
     match cmd {
@@ -123,10 +163,27 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 invert: *invert,
             };
             let rendered = crate::dicom::lut::render(f, &img.info, &params);
-            let mut png = Vec::new();
-            rendered
-                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-                .context("encoding PNG")?;
+            let pnm = matches!(
+                out.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+                Some("pgm") | Some("ppm") | Some("pnm")
+            );
+            let png = if pnm {
+                // raw 8-bit PGM/PPM
+                let (w, h) = (rendered.width(), rendered.height());
+                let (magic, raw) = match &rendered {
+                    image::DynamicImage::ImageLuma8(g) => ("P5", g.as_raw().clone()),
+                    other => ("P6", other.to_rgb8().into_raw()),
+                };
+                let mut b = format!("{magic}\n{w} {h}\n255\n").into_bytes();
+                b.extend_from_slice(&raw);
+                b
+            } else {
+                let mut b = Vec::new();
+                rendered
+                    .write_to(&mut std::io::Cursor::new(&mut b), image::ImageFormat::Png)
+                    .context("encoding PNG")?;
+                b
+            };
             crate::util::atomic_write(out, &png)
                 .with_context(|| format!("writing {}", out.display()))?;
             let window = voi
@@ -153,15 +210,23 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             let img = load_image(image)?;
             let t0 = std::time::Instant::now();
             let enc = m.encode(&img)?;
-            if *shots > 0 {
-                bail!("--shots needs the prior-case store, which is not built yet");
-            }
-            let boxes = m.ground(&enc, phrase, &[])?;
-            Ok(json!({
+            let icl = if *shots > 0 {
+                let store = open_store(cli, &m)?;
+                crate::store::icl_shots(&m, store.as_ref(), &enc, phrase, *shots, None)?
+            } else {
+                Vec::new()
+            };
+            let shot_list: Vec<_> = icl.iter().map(|s| s.shot.clone()).collect();
+            let boxes = m.ground(&enc, phrase, &shot_list)?;
+            let mut out = json!({
                 "width": img.width(), "height": img.height(), "phrase": phrase,
                 "boxes": boxes, "model": m.model_id(),
                 "elapsed_ms": t0.elapsed().as_secs_f64() * 1000.0,
-            }))
+            });
+            if *shots > 0 {
+                out["shots"] = json!(icl.iter().map(|s| json!({"path": s.record.path, "phrase": s.shot.phrase, "score": s.score})).collect::<Vec<_>>());
+            }
+            Ok(out)
         }
         Command::Describe { image, bbox } => {
             let m = load_model(cli)?;
@@ -178,6 +243,130 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             let enc = m.encode(&load_image(image)?)?;
             Ok(json!({"text": m.caption(&enc)?, "model": m.model_id()}))
         }
+        Command::Eval {
+            data,
+            phrase_field,
+            shots,
+            shots_from,
+            baseline_from,
+        } => {
+            let m = load_model(cli)?;
+            let data_m = Manifest::read(data)?;
+            let field: crate::eval::PhraseField = phrase_field.parse().map_err(anyhow::Error::msg)?;
+            let base = baseline_from.as_ref().map(|p| Manifest::read(p)).transpose()?;
+            let pool = match (shots, shots_from) {
+                (0, _) => None,
+                (_, Some(p)) => Some(Manifest::read(p)?),
+                (_, None) => Some(crate::store::annotated_manifest(open_store(cli, &m)?.as_ref())?),
+            };
+            let pb = progress_bar("eval");
+            let progress = |d: usize, t: usize| {
+                pb.set_length(t as u64);
+                pb.set_position(d as u64);
+            };
+            let opts = crate::eval::EvalOptions {
+                phrase_field: field,
+                shots: *shots,
+                shot_pool: pool.as_ref(),
+                baseline_from: base.as_ref(),
+                progress: Some(&progress),
+            };
+            let out = crate::eval::evaluate(&m, &data_m, &opts)?;
+            pb.finish_and_clear();
+            Ok(out)
+        }
+        Command::Index {
+            paths,
+            manifest,
+            reembed,
+            batch,
+        } => {
+            let m = load_model(cli)?;
+            let store = open_store(cli, &m)?;
+            let man = manifest.as_ref().map(|p| Manifest::read(p)).transpose()?;
+            let pb = progress_bar("index");
+            let progress = |d: usize, t: usize| {
+                pb.set_length(t as u64);
+                pb.set_position(d as u64);
+            };
+            let opts = crate::store::index::IndexOptions {
+                manifest: man.as_ref(),
+                batch: *batch,
+                cancel: cancel.clone(),
+                progress: &progress,
+            };
+            let report = if *reembed {
+                let mut r = crate::store::index::reembed(&m, store.as_ref(), &opts)?;
+                if !paths.is_empty() {
+                    let more = crate::store::index::index(&m, store.as_ref(), paths, &opts)?;
+                    r.added = more.added;
+                    r.skipped = more.skipped;
+                    r.failed.extend(more.failed);
+                }
+                r
+            } else {
+                if paths.is_empty() {
+                    bail!("name files or folders to index");
+                }
+                crate::store::index::index(&m, store.as_ref(), paths, &opts)?
+            };
+            pb.finish_and_clear();
+            Ok(serde_json::to_value(report)?)
+        }
+        Command::Search {
+            image,
+            bbox,
+            text,
+            k,
+            exclude_patient,
+            view,
+            labels,
+        } => {
+            let m = load_model(cli)?;
+            let store = open_store(cli, &m)?;
+            let q = match (image, text) {
+                (Some(p), None) => query_embedding(&m, p, *bbox)?,
+                (None, Some(t)) => m.embed_text(t)?,
+                _ => bail!("give exactly one of --image or --text"),
+            };
+            let filter = crate::store::Filter {
+                exclude_patient: exclude_patient.clone(),
+                view: view.clone(),
+                labels: labels.clone(),
+                annotated: false,
+            };
+            let hits = store.search(&q, &m.model_id(), *k, &filter)?;
+            let results: Vec<Value> = hits
+                .into_iter()
+                .map(|h| {
+                    json!({"path": h.record.path, "score": h.score, "patient_id": h.record.patient_id,
+                           "study_uid": h.record.study_uid, "labels": h.record.labels, "report": h.record.report})
+                })
+                .collect();
+            Ok(json!({"results": results}))
+        }
+        Command::Bench { what } => match what {
+            super::BenchWhat::Dicom { files, runs } => {
+                let files = if files.is_empty() {
+                    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom");
+                    vec![
+                        d.join("RG1_J2KI_cr_chest_pa_15bit_mono1_j2k.dcm"),
+                        d.join("RG1_JLSN_cr_chest_pa_jpegls_nearlossless.dcm"),
+                        d.join("txv_cr_chest_pa_8bit_jpeg_baseline.dcm"),
+                    ]
+                } else {
+                    files.clone()
+                };
+                super::bench::dicom(&files, *runs)
+            }
+            super::BenchWhat::Model { preset, image, new_tokens, runs } => super::bench::model(preset, image, *new_tokens, *runs, None),
+            super::BenchWhat::Store { n, dim, queries, m, ef_construction, ef_search } => super::bench::store(
+                *n,
+                *dim,
+                *queries,
+                crate::store::hnsw::HnswParams { m: *m, ef_construction: *ef_construction, ef_search: *ef_search },
+            ),
+        },
         Command::ImportNih { dir, out } => {
             let out_dir = out.parent().map(Path::to_path_buf).unwrap_or_default();
             let out_dir = if out_dir.as_os_str().is_empty() {

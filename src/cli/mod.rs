@@ -2,6 +2,7 @@
 //! batch command that prints JSON on stdout (progress and logs on stderr). Errors are reported as
 //! one line on stderr with a non-zero exit status.
 
+pub mod bench;
 pub mod commands;
 
 use std::path::PathBuf;
@@ -112,6 +113,50 @@ pub enum Command {
         #[arg(long)]
         image: PathBuf,
     },
+    /// Add images/studies to the prior-case store (incremental, resumable).
+    Index {
+        /// Files and folders (recursive).
+        paths: Vec<PathBuf>,
+        /// Manifest with labels, regions and reports for these images.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Re-embed every stored record with the current model (migration).
+        #[arg(long)]
+        reembed: bool,
+        /// Images per embedding batch and transaction.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+    },
+    /// Nearest prior cases, best first.
+    Search {
+        /// Query image.
+        #[arg(long, conflicts_with = "text")]
+        image: Option<PathBuf>,
+        /// Restrict the image query to a region X1,Y1,X2,Y2 (pixels).
+        #[arg(long = "box", value_parser = parse_box, requires = "image")]
+        bbox: Option<[f32; 4]>,
+        /// Query text.
+        #[arg(long)]
+        text: Option<String>,
+        /// Number of results.
+        #[arg(short = 'k', long = "k", default_value_t = 10)]
+        k: usize,
+        /// Leave out this patient's images.
+        #[arg(long)]
+        exclude_patient: Option<String>,
+        /// Only this view (PA, AP, …).
+        #[arg(long)]
+        view: Option<String>,
+        /// Only images with one of these labels (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Speed against named peers (see the README's tables).
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Convert the NIH CSV layout into a manifest.
     ImportNih {
         /// Folder with images/, labels.csv and phrases.jsonl or boxes.csv.
@@ -119,6 +164,24 @@ pub enum Command {
         /// Output manifest (JSONL).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Grounding and retrieval metrics on a manifest.
+    Eval {
+        /// Manifest to evaluate on.
+        #[arg(long)]
+        data: PathBuf,
+        /// Which phrase of each region is the query.
+        #[arg(long, default_value = "phrase")]
+        phrase_field: String,
+        /// In-context examples per query (from --shots-from, else the store).
+        #[arg(long, default_value_t = 0)]
+        shots: usize,
+        /// Annotated manifest to draw in-context examples from.
+        #[arg(long)]
+        shots_from: Option<PathBuf>,
+        /// Training manifest for the lookup-table baselines.
+        #[arg(long)]
+        baseline_from: Option<PathBuf>,
     },
     /// Train LoFi.
     Finetune {
@@ -161,6 +224,55 @@ pub enum Command {
         /// Seed.
         #[arg(long)]
         seed: Option<u64>,
+    },
+}
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// File → 8-bit pixels vs dcmtk and GDCM.
+    Dicom {
+        /// Files (default: the DICOM fixtures).
+        files: Vec<PathBuf>,
+        /// Repetitions (median reported).
+        #[arg(long, default_value_t = 9)]
+        runs: usize,
+    },
+    /// Model latency with random weights.
+    Model {
+        /// lofi-tiny, lofi-base or lofi-paper.
+        #[arg(long, default_value = "lofi-tiny")]
+        preset: String,
+        /// Input image.
+        #[arg(long)]
+        image: PathBuf,
+        /// Greedy steps of grounding.
+        #[arg(long, default_value_t = 16)]
+        new_tokens: usize,
+        /// Repetitions.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// HNSW search latency and recall.
+    Store {
+        /// Vectors.
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        /// Dimension.
+        #[arg(long, default_value_t = 768)]
+        dim: usize,
+        /// Queries.
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        /// M.
+        #[arg(long, default_value_t = 16)]
+        m: usize,
+        /// efConstruction.
+        #[arg(long, default_value_t = 200)]
+        ef_construction: usize,
+        /// efSearch.
+        #[arg(long, default_value_t = 512)]
+        ef_search: usize,
     },
 }
 

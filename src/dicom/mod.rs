@@ -7,6 +7,7 @@ pub mod lut;
 pub mod object;
 pub mod pixels;
 pub mod preflight;
+pub mod sr;
 pub mod study;
 
 use std::path::Path;

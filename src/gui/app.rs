@@ -62,6 +62,12 @@ pub struct Settings {
     pub presets: Vec<Preset>,
     /// Folder of the last open dialog.
     pub last_dir: Option<PathBuf>,
+    /// Show the AI panel.
+    pub show_ai: bool,
+    /// Phrases asked before.
+    pub ai_history: Vec<String>,
+    /// Model folder chosen in the GUI (overrides the default).
+    pub model_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -74,6 +80,9 @@ impl Default for Settings {
             sync: true,
             presets: Vec::new(),
             last_dir: None,
+            show_ai: true,
+            ai_history: Vec::new(),
+            model_dir: None,
         }
     }
 }
@@ -184,6 +193,11 @@ pub struct LofiApp {
     /// Progress of background work (name → done/total).
     pub progress: HashMap<String, (usize, usize)>,
     scan_cancel: Option<Cancel>,
+    /// AI state.
+    pub ai: super::ai::AiState,
+    gray: HashMap<(PathBuf, usize), Arc<image::GrayImage>>,
+    phrase_started: bool,
+    png_export: Arc<Mutex<Option<Result<(), String>>>>,
     args: Args,
     shot: Option<ShotState>,
     outcome: Arc<Mutex<ShotOutcome>>,
@@ -247,6 +261,10 @@ impl LofiApp {
             probe: Probe::default(),
             progress: HashMap::new(),
             scan_cancel: None,
+            ai: super::ai::AiState::default(),
+            gray: HashMap::new(),
+            phrase_started: false,
+            png_export: Arc::new(Mutex::new(None)),
             args: args.clone(),
             shot,
             outcome,
@@ -255,7 +273,92 @@ impl LofiApp {
         if !args.paths.is_empty() {
             app.open_paths(args.paths.clone(), true);
         }
+        app.ai.history = app.settings.ai_history.clone();
+        if args.screenshot.is_none() {
+            app.ai.results_dir = Some(crate::store::default_location().with_file_name("ai-results"));
+        }
+        let model_dir = args
+            .model
+            .clone()
+            .or_else(|| app.settings.model_dir.clone())
+            .unwrap_or_else(crate::cli::commands::default_model_dir);
+        app.ai.load_model(&app.jobs, model_dir, args.device);
+        app.ai.open_store(&app.jobs, args.store.clone());
         app
+    }
+
+    /// The 8-bit picture the model sees of pane `idx` (default window), cached.
+    pub fn model_input(&mut self, idx: usize) -> Option<(String, Arc<image::GrayImage>)> {
+        let vp = &self.viewports[idx];
+        let img = vp.image.as_ref()?;
+        let path = vp.path.clone()?;
+        let f = img.frames.get(vp.frame)?;
+        let key = super::ai::image_key(&img.info, &path);
+        let gray = self
+            .gray
+            .entry((path, vp.frame))
+            .or_insert_with(|| {
+                let p = DisplayParams {
+                    voi: default_voi(&img.info, f),
+                    invert: false,
+                };
+                Arc::new(crate::dicom::lut::render(f, &img.info, &p).to_luma8())
+            })
+            .clone();
+        self.ai.ensure_results(&key, f.width, f.height);
+        Some((key, gray))
+    }
+
+    /// Ground a phrase on the active pane's image.
+    pub fn ground(&mut self, phrase: String) {
+        let a = self.active;
+        if let Some((key, gray)) = self.model_input(a) {
+            self.ai.ground(&self.jobs, key, gray, phrase);
+            self.settings.ai_history = self.ai.history.clone();
+        }
+    }
+
+    /// Zoom pane `idx` onto a box of its results.
+    pub fn zoom_to(&mut self, idx: usize, fi: usize, bi: usize) {
+        let Some((key, _)) = self.model_input(idx) else { return };
+        let Some(b) = self.ai.results.get(&key).and_then(|r| r.findings.get(fi)).and_then(|f| f.boxes.get(bi)).cloned() else {
+            return;
+        };
+        self.ai.selected = Some((fi, bi));
+        let vp = &mut self.viewports[idx];
+        let (Some(rect), Some(img)) = (vp.rect, vp.image.as_ref()) else { return };
+        let Some(f) = img.frames.get(vp.frame) else { return };
+        let size = Vec2::new(f.width as f32, f.height as f32);
+        let bw = vp.view.rotated_size(Vec2::new(b.x2 - b.x1, b.y2 - b.y1));
+        vp.view.zoom = (0.6 * (rect.width() / bw.x.max(1.0)).min(rect.height() / bw.y.max(1.0))).clamp(0.01, 64.0);
+        vp.view.fit = false;
+        vp.view.pan = Vec2::ZERO;
+        let c = vp.view.image_to_screen(rect, size, Pos2::new((b.x1 + b.x2) / 2.0, (b.y1 + b.y2) / 2.0));
+        vp.view.pan = rect.center() - c;
+    }
+
+    /// The current image's AI results.
+    pub fn current_results(&self) -> Option<&crate::report::AiResults> {
+        let vp = &self.viewports[self.active];
+        let img = vp.image.as_ref()?;
+        let key = super::ai::image_key(&img.info, vp.path.as_ref()?);
+        self.ai.results.get(&key)
+    }
+
+    /// Export the active image's results as JSON.
+    pub fn export_json(&self, path: &std::path::Path) -> Result<(), String> {
+        let r = self.current_results().ok_or("no AI results for this image")?;
+        let s = serde_json::to_vec_pretty(&r.to_json()).map_err(|e| e.to_string())?;
+        crate::util::atomic_write(path, &s).map_err(|e| e.to_string())
+    }
+
+    /// Export the active image's results as a DICOM Structured Report.
+    pub fn export_sr(&self, path: &std::path::Path) -> Result<(), String> {
+        let r = self.current_results().ok_or("no AI results for this image")?;
+        let vp = &self.viewports[self.active];
+        let img = vp.image.as_ref().ok_or("no image")?;
+        let frame = (img.frames.len() > 1).then_some(vp.frame as u32);
+        crate::dicom::sr::write(r, &img.info, frame, path).map_err(|e| e.to_string())
     }
 
     /// Scan paths in the background; with `show_first`, the first image opens when found.
@@ -351,7 +454,14 @@ impl LofiApp {
 
     /// Apply finished background work.
     pub fn poll_jobs(&mut self, ctx: &egui::Context) {
+        if let Some(r) = self.png_export.lock().ok().and_then(|mut s| s.take()) {
+            self.message = Some(match r {
+                Ok(()) => ("exported PNG".into(), false),
+                Err(e) => (format!("PNG export failed: {e}"), true),
+            });
+        }
         for ev in self.jobs.poll() {
+            let Some(ev) = self.ai.handle(ev, ctx) else { continue };
             match ev {
                 JobEvent::Scanned(scan) => {
                     self.progress.remove("Scanning");
@@ -402,6 +512,18 @@ impl LofiApp {
                 JobEvent::Failed { job, error } => {
                     self.progress.remove(&job);
                     self.message = Some((format!("{job}: {error}"), true));
+                }
+                JobEvent::Other(b) if b.is::<ModelFolder>() => {
+                    if let Ok(m) = b.downcast::<ModelFolder>() {
+                        self.settings.model_dir = Some(m.0.clone());
+                        self.ai.load_model(&self.jobs, m.0, self.args.device);
+                    }
+                }
+                JobEvent::Other(b) if b.is::<ExportTo>() => {
+                    if let Ok(e) = b.downcast::<ExportTo>() {
+                        let ExportTo(kind, path) = *e;
+                        self.export_to(kind, path, ctx);
+                    }
                 }
                 other => {
                     if let Some(paths) = super::panels::take_picked(&other) {
@@ -523,6 +645,12 @@ impl LofiApp {
                 vp.reset();
                 changed = true;
             }
+            if i.key_pressed(Key::A) {
+                self.ai.show_layer = !self.ai.show_layer;
+            }
+            if i.key_pressed(Key::D) {
+                self.ai.region_tool = !self.ai.region_tool;
+            }
             if i.key_pressed(Key::M) {
                 self.tool = if self.tool == Tool::Ruler { Tool::Pan } else { Tool::Ruler };
             }
@@ -629,7 +757,26 @@ impl LofiApp {
             }
         }
         let ruler_mode = self.tool == Tool::Ruler || shift;
-        if resp.dragged_by(egui::PointerButton::Primary) && ruler_mode {
+        let mut describe: Option<[f32; 4]> = None;
+        if self.ai.region_tool && (resp.dragged_by(egui::PointerButton::Primary) || resp.drag_stopped()) {
+            if let Some(p) = resp.interact_pointer_pos().or(resp.hover_pos()) {
+                let here = vp.view.screen_to_image(rect, size, p);
+                let start = match (resp.drag_started(), self.ai.drawing) {
+                    (false, Some([a, _])) => a,
+                    _ => vp.view.screen_to_image(rect, size, p - resp.drag_delta()),
+                };
+                self.ai.drawing = Some([start, here]);
+            }
+            if resp.drag_stopped() {
+                if let Some([a, b]) = self.ai.drawing.take() {
+                    let (x1, x2) = (a.x.min(b.x).clamp(0.0, size.x), a.x.max(b.x).clamp(0.0, size.x));
+                    let (y1, y2) = (a.y.min(b.y).clamp(0.0, size.y), a.y.max(b.y).clamp(0.0, size.y));
+                    if x2 - x1 > 2.0 && y2 - y1 > 2.0 {
+                        describe = Some([x1, y1, x2, y2]);
+                    }
+                }
+            }
+        } else if resp.dragged_by(egui::PointerButton::Primary) && ruler_mode {
             if let (Some(o), Some(p)) = (resp.interact_pointer_pos(), resp.hover_pos().or(resp.interact_pointer_pos())) {
                 let start = o - resp.drag_delta();
                 let a = if resp.drag_started() {
@@ -660,6 +807,19 @@ impl LofiApp {
                 draw: ImageCallback { slot: idx as u32, uniforms: u },
             };
             painter.add(egui_wgpu_callback(rect, cb));
+        }
+        // AI layer (image coordinates: follows zoom, pan, rotation and flips)
+        let ai_key = super::ai::image_key(&img.info, vp.path.as_deref().unwrap_or(std::path::Path::new("")));
+        if self.ai.show_layer {
+            if let Some(r) = self.ai.results.get(&ai_key) {
+                let sel = if self.active == idx { self.ai.selected } else { None };
+                super::ai::overlay(&painter, &vp.view, rect, size, r, self.ai.opacity, sel);
+            }
+        }
+        if let Some([a, b]) = self.ai.drawing {
+            let pa = vp.view.image_to_screen(rect, size, a);
+            let pb = vp.view.image_to_screen(rect, size, b);
+            painter.rect_stroke(Rect::from_two_pos(pa, pb), 0.0, (1.5, Color32::WHITE), egui::StrokeKind::Middle);
         }
         // overlays
         let info = &img.info;
@@ -730,6 +890,12 @@ impl LofiApp {
         }
         if changed {
             self.sync_from(idx);
+        }
+        if let Some(b) = describe {
+            self.active = idx;
+            if let Some((key, gray)) = self.model_input(idx) {
+                self.ai.describe(&self.jobs, key, gray, b);
+            }
         }
     }
 }
@@ -845,6 +1011,11 @@ impl LofiApp {
                 super::panels::browser_ui(self, ui);
             });
         }
+        if self.settings.show_ai {
+            egui::Panel::right("ai").default_size(340.0).resizable(true).show(ui, |ui| {
+                self.ai_panel_ui(ui);
+            });
+        }
         if self.settings.show_tags {
             egui::Panel::right("tags").default_size(360.0).resizable(true).show(ui, |ui| {
                 super::panels::tags_ui(self, ui);
@@ -869,10 +1040,126 @@ impl LofiApp {
         self.screenshot_step(ctx);
     }
 
+    fn ai_panel_ui(&mut self, ui: &mut egui::Ui) {
+        let key = {
+            let vp = &self.viewports[self.active];
+            match (vp.image.as_ref(), vp.path.as_ref()) {
+                (Some(img), Some(p)) => Some(super::ai::image_key(&img.info, p)),
+                _ => None,
+            }
+        };
+        if key.is_some() {
+            let _ = self.model_input(self.active);
+        }
+        let act = super::ai::panel_ui(&mut self.ai, ui, key.as_deref());
+        if let Some(p) = act.ground {
+            self.ground(p);
+        }
+        if act.find_all {
+            if let Some((k, g)) = self.model_input(self.active) {
+                self.ai.find_all(&self.jobs, k, g);
+            }
+        }
+        if let Some((fi, bi)) = act.zoom_to {
+            self.zoom_to(self.active, fi, bi);
+        }
+        if act.cancel {
+            if let Some(r) = self.ai.running.take() {
+                r.cancel.cancel();
+                self.ai.message = Some("cancelled".into());
+            }
+        }
+        if act.reviewed {
+            if let Some(k) = &key {
+                self.ai.save(k);
+            }
+        }
+        if act.open_model {
+            let start = self.settings.model_dir.clone();
+            self.jobs.spawn("model dialog", move |h| {
+                let mut d = rfd::FileDialog::new().set_title("Open a LoFi model folder");
+                if let Some(s) = start {
+                    d = d.set_directory(s);
+                }
+                if let Some(p) = d.pick_folder() {
+                    h.send(JobEvent::Other(Box::new(ModelFolder(p))));
+                }
+            });
+        }
+        if let Some(kind) = act.export {
+            self.export_dialog(kind);
+        }
+    }
+
+    fn export_dialog(&mut self, kind: super::ai::ExportKind) {
+        use super::ai::ExportKind;
+        let (name, ext) = match kind {
+            ExportKind::Json => ("ai-findings.json", "json"),
+            ExportKind::Png => ("ai-findings.png", "png"),
+            ExportKind::Sr => ("ai-findings-sr.dcm", "dcm"),
+        };
+        let dir = self.settings.last_dir.clone();
+        self.jobs.spawn("export dialog", move |h| {
+            let mut d = rfd::FileDialog::new().set_file_name(name).add_filter(ext, &[ext]);
+            if let Some(s) = dir {
+                d = d.set_directory(s);
+            }
+            if let Some(p) = d.save_file() {
+                h.send(JobEvent::Other(Box::new(ExportTo(kind, p))));
+            }
+        });
+    }
+
+    /// Write an export to `path` (PNG is taken from the next rendered frame).
+    pub fn export_to(&mut self, kind: super::ai::ExportKind, path: PathBuf, ctx: &egui::Context) {
+        use super::ai::ExportKind;
+        let r = match kind {
+            ExportKind::Json => self.export_json(&path),
+            ExportKind::Sr => self.export_sr(&path),
+            ExportKind::Png => {
+                let Some(rect) = self.viewports[self.active].rect else { return };
+                let ppp = ctx.pixels_per_point();
+                let slot = self.png_export.clone();
+                ctx.request_screenshot(move |img| {
+                    let r = crop_and_save(&img, rect, ppp, &path);
+                    if let Ok(mut s) = slot.lock() {
+                        *s = Some(r);
+                    }
+                });
+                return;
+            }
+        };
+        self.message = Some(match r {
+            Ok(()) => ("exported".into(), false),
+            Err(e) => (format!("export failed: {e}"), true),
+        });
+    }
+
     /// Everything the screenshot waits for has arrived.
-    fn ready_for_screenshot(&self) -> bool {
+    fn ready_for_screenshot(&mut self) -> bool {
         let vp = &self.viewports[0];
-        vp.image.is_some() || vp.error.is_some() || (!vp.loading && self.progress.is_empty() && vp.path.is_none() && self.scan_cancel.is_some())
+        let image_ready = vp.image.is_some() || vp.error.is_some() || (!vp.loading && self.progress.is_empty() && vp.path.is_none() && self.scan_cancel.is_some());
+        let Some(phrase) = self.args.phrase.clone() else { return image_ready };
+        if vp.error.is_some() {
+            return true;
+        }
+        if !image_ready || vp.image.is_none() {
+            return false;
+        }
+        if self.ai.model.is_none() {
+            // a model that failed to load ends the wait too
+            return self.ai.model_status.starts_with("model not loaded");
+        }
+        if !self.phrase_started {
+            self.phrase_started = true;
+            self.active = 0;
+            self.ground(phrase.clone());
+            return false;
+        }
+        if self.ai.running.is_some() {
+            return false;
+        }
+        self.current_results().is_some_and(|r| r.findings.iter().any(|f| f.phrase == phrase.trim())) || self.ai.message.is_some()
     }
 
     fn screenshot_step(&mut self, ctx: &egui::Context) {
@@ -913,6 +1200,24 @@ impl LofiApp {
             });
         }
     }
+}
+
+/// A model folder chosen in the dialog.
+struct ModelFolder(PathBuf);
+/// An export destination chosen in the dialog.
+struct ExportTo(super::ai::ExportKind, PathBuf);
+
+fn crop_and_save(img: &egui::ColorImage, rect: Rect, ppp: f32, path: &std::path::Path) -> Result<(), String> {
+    let [w, h] = img.size;
+    let x0 = ((rect.left() * ppp).max(0.0) as usize).min(w);
+    let y0 = ((rect.top() * ppp).max(0.0) as usize).min(h);
+    let x1 = ((rect.right() * ppp) as usize).clamp(x0, w);
+    let y1 = ((rect.bottom() * ppp) as usize).clamp(y0, h);
+    let mut pixels = Vec::with_capacity((x1 - x0) * (y1 - y0));
+    for y in y0..y1 {
+        pixels.extend_from_slice(&img.pixels[y * w + x0..y * w + x1]);
+    }
+    save_color_image(&egui::ColorImage::new([x1 - x0, y1 - y0], pixels), path)
 }
 
 /// Save an egui screenshot as PNG.

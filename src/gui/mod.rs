@@ -1,5 +1,6 @@
 //! The desktop viewer (eframe on wgpu). Depends on every core module; nothing depends on it.
 
+pub mod ai;
 pub mod app;
 pub mod jobs;
 pub mod panels;

@@ -52,6 +52,9 @@ pub enum ModelError {
     /// The requested device is not available in this build or on this machine.
     #[error("device: {0}")]
     Device(String),
+    /// The work was cancelled.
+    #[error("cancelled")]
+    Cancelled,
     /// Reading or writing failed.
     #[error("{what}: {source}")]
     Io {

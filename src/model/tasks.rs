@@ -27,6 +27,8 @@ pub struct Lofi {
     pub dtype: DType,
     /// The model directory it came from.
     pub dir: PathBuf,
+    /// Set to abandon a generation between tokens.
+    pub cancel: crate::util::Cancel,
 }
 
 /// An image encoded once, reused by every task on it.
@@ -124,6 +126,7 @@ impl Lofi {
             device,
             dtype,
             dir: dir.to_path_buf(),
+            cancel: crate::util::Cancel::new(),
         })
     }
 
@@ -136,6 +139,15 @@ impl Lofi {
             device,
             dtype,
             dir: PathBuf::new(),
+            cancel: crate::util::Cancel::new(),
+        }
+    }
+
+    /// A handle sharing the weights whose generations stop when `cancel` is set.
+    pub fn with_cancel(&self, cancel: crate::util::Cancel) -> Self {
+        Self {
+            cancel,
+            ..self.clone()
         }
     }
 
@@ -225,6 +237,9 @@ impl Lofi {
         let mut logprobs = Vec::new();
         let max_new = self.config().max_new_tokens;
         for _ in 0..max_new {
+            if self.cancel.is_cancelled() {
+                return Err(ModelError::Cancelled);
+            }
             let last = hidden.i((0, hidden.dim(1)? - 1))?;
             let logits = self.model.decoder.logits(&last)?.to_dtype(DType::F32)?;
             let lsm = candle_nn::ops::log_softmax(&logits, 0)?;

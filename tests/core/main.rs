@@ -2,5 +2,7 @@
 
 mod common;
 mod dicom;
+mod malformed;
 mod model;
+mod store;
 mod train;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# System packages the build and the tests need (Debian). Installs only what is missing.
+#   cmake                      CharLS (JPEG-LS) is built from source by the charls crate
+#   dcmtk libgdcm-tools        peers of the DICOM benchmark (dcmj2pnm, dcml2pnm, gdcmconv…) and
+#                              dsrdump, which must read our exported Structured Reports
+#   xvfb mesa-vulkan-drivers libvulkan1 imagemagick
+#                              headless GUI tests: Xvfb + lavapipe (wgpu on Vulkan), `import` screenshots
+#   libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1   winit on X11
+#   iproute2                   private network namespace for the Milvus server under test
+#   python3-venv               the Milvus standalone server and benchmark peers come from PyPI
+set -euo pipefail
+pkgs=(cmake dcmtk libgdcm-tools xvfb mesa-vulkan-drivers libvulkan1 imagemagick
+      libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1 iproute2 python3-venv pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+# python3-venv is satisfied by a python with a working venv module
+if [[ " ${missing[*]} " == *" python3-venv "* ]] && python3 -m venv --help >/dev/null 2>&1; then
+  missing=("${missing[@]/python3-venv}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | sed '/^$/d'))
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
