@@ -124,6 +124,10 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     /// λ in L = L_sig + λ (L_cap + L_loc).
     pub lambda: f64,
+    /// Initial sigmoid-loss bias b for a model trained from scratch (SigLIP: −10, calibrated for
+    /// batches of 32k pairs; a small batch wants about −ln(B − 1), else the towers collapse to
+    /// constant embeddings that imitate the bias).
+    pub sigmoid_bias_init: f64,
     /// Freezing choice.
     pub freeze: Freeze,
     /// Seed of everything random.
@@ -160,6 +164,7 @@ impl Default for TrainConfig {
             min_lr_ratio: 0.01,
             grad_clip: 1.0,
             lambda: 1.0,
+            sigmoid_bias_init: -10.0,
             freeze: Freeze::Full,
             seed: 0,
             save_every: 200,
@@ -333,6 +338,8 @@ impl Trainer {
         let (model_cfg, tokenizer, source) = resolve_model(&cfg)?;
         let store = ParamStore::new(cfg.seed, source, trainable_fn(cfg.freeze));
         let vb = store.var_builder(dtype, &device);
+        // the sigmoid bias is created first so a from-scratch run starts from the configured value
+        let _ = vb.get_with_hints(1, "logit_bias", candle_nn::Init::Const(cfg.sigmoid_bias_init))?;
         let model = LofiModel::new(&model_cfg, vb)?;
         Ok(Self {
             model,

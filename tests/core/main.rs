@@ -4,5 +4,6 @@ mod common;
 mod dicom;
 mod malformed;
 mod model;
+mod report;
 mod store;
 mod train;

@@ -285,3 +285,118 @@ fn sliding_window_cached_equals_full() {
     assert!(probe(vec![s, s, s]) < 1e-6);
     assert!(probe(vec![s, "full_attention", s]) > 1e-6);
 }
+
+/// Write tensors as safetensors.
+fn write_st(path: &std::path::Path, t: &HashMap<String, Tensor>) {
+    candle_core::safetensors::save(t, path).unwrap();
+}
+
+#[test]
+fn hf_layout_checkpoints_load_through_the_hf_path() {
+    use lofi_viewer::model::config::{Config, Preset};
+    use lofi_viewer::model::load::{config_from_hf, HfSources};
+    let d = tempfile::tempdir().unwrap();
+    let (sig, gem) = (d.path().join("siglip"), d.path().join("gemma"));
+    std::fs::create_dir_all(&sig).unwrap();
+    std::fs::create_dir_all(&gem).unwrap();
+    // HF-style configs: SigLIP omits defaulted fields; Gemma 3 lists layer types
+    std::fs::write(
+        sig.join("config.json"),
+        r#"{"model_type":"siglip","architectures":["SiglipModel"],
+            "vision_config":{"hidden_size":48,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4,"image_size":64,"patch_size":16},
+            "text_config":{"hidden_size":48,"intermediate_size":96,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":30600,"max_position_embeddings":16}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        gem.join("config.json"),
+        r#"{"architectures":["Gemma3ForCausalLM"],"model_type":"gemma3_text","vocab_size":30600,"hidden_size":64,
+            "intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":1,"head_dim":16,
+            "query_pre_attn_scalar":16,"sliding_window":512,"layer_types":["sliding_attention","full_attention"],
+            "max_position_embeddings":1024,"rope_theta":1000000.0,"rope_local_base_freq":10000.0,
+            "final_logit_softcapping":null,"attn_logit_softcapping":null,"hidden_activation":"gelu_pytorch_tanh"}"#,
+    )
+    .unwrap();
+    let mut base = Config::preset(Preset::Tiny);
+    base.image_size = 64;
+    let cfg = config_from_hf(base, Some(&sig), Some(&gem)).unwrap();
+    assert_eq!(cfg.vision.hidden_size, 48);
+    assert_eq!(cfg.vision.num_channels, 3, "HF default");
+    assert_eq!(cfg.decoder.num_hidden_layers, 2);
+    assert!(cfg.decoder.is_sliding(0) && !cfg.decoder.is_sliding(1));
+    // random weights written with HF key names (vision_model.*, text_model.*, model.*)
+    let all = randomized(|vb| lofi_viewer::model::LofiModel::new(&cfg, vb).map(|_| ()).map_err(|e| candle_core::Error::Msg(e.to_string())));
+    let mut s_t = HashMap::new();
+    let mut g_t = HashMap::new();
+    for (k, v) in &all {
+        if let Some(rest) = k.strip_prefix("decoder.") {
+            g_t.insert(rest.to_string(), v.clone());
+        } else if !k.starts_with("projector.") {
+            s_t.insert(k.clone(), v.clone());
+        }
+    }
+    write_st(&sig.join("model.safetensors"), &s_t);
+    write_st(&gem.join("model.safetensors"), &g_t);
+    let src = HfSources::open(Some(&sig), Some(&gem)).unwrap();
+    let store = ParamStore::new(0, Some(Box::new(src)), Arc::new(|_| true));
+    let model = lofi_viewer::model::LofiModel::new(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    let loaded = store.tensors();
+    for k in ["vision_model.encoder.layers.1.mlp.fc2.weight", "text_model.head.weight", "decoder.model.layers.1.self_attn.q_norm.weight", "logit_bias"] {
+        assert_eq!(max_abs_diff(&loaded[k], &all[k]), 0.0, "{k}");
+    }
+    // the loaded vision tower equals the stock one on the HF file
+    let vb = unsafe_free_vb(&sig.join("model.safetensors"));
+    let stock = siglip::VisionModel::new(&stock_vision_cfg(&cfg.vision), true, vb.pp("vision_model")).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu).unwrap();
+    let d1 = max_abs_diff(model.vision.forward(&x).unwrap().pooled.as_ref().unwrap(), &stock.forward(&x).unwrap());
+    assert!(d1 <= 1e-4, "{d1}");
+    // a tensor of the wrong shape is an error naming it
+    let mut bad = s_t.clone();
+    bad.insert("vision_model.post_layernorm.weight".into(), Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap());
+    write_st(&sig.join("model.safetensors"), &bad);
+    let src = HfSources::open(Some(&sig), Some(&gem)).unwrap();
+    let store = ParamStore::new(0, Some(Box::new(src)), Arc::new(|_| true));
+    let e = lofi_viewer::model::LofiModel::new(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap_err();
+    assert!(e.to_string().contains("vision_model.post_layernorm.weight"), "{e}");
+    // a folder holding only a pickle checkpoint is refused, never executed
+    let p = d.path().join("pickle");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("pytorch_model.bin"), b"not loaded").unwrap();
+    let e = lofi_viewer::model::load::safetensors_files(&p).unwrap_err();
+    assert!(e.to_string().contains("pickle"), "{e}");
+}
+
+fn unsafe_free_vb(p: &std::path::Path) -> VarBuilder<'static> {
+    let t = candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)
+}
+
+#[test]
+fn lora_merges_into_the_exported_model() {
+    use lofi_viewer::train::{export_model, Freeze, TrainConfig, Trainer};
+    let cfg = TrainConfig {
+        tokenizer: Some(super::common::tokenizer_path()),
+        image_size: Some(64),
+        freeze: Freeze::Lora,
+        ..Default::default()
+    };
+    let tr = Trainer::new(cfg, Device::Cpu).unwrap();
+    for (n, v) in tr.store.trainable() {
+        if n.ends_with("lora_B.weight") {
+            v.set(&v.as_tensor().randn_like(0.0, 0.05).unwrap()).unwrap();
+        }
+    }
+    let x = Tensor::randn(0f32, 1.0, (1, 1, 64, 64), &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[[5u32, 77, 1024, 9]], &Device::Cpu).unwrap();
+    let before_v = tr.model.vision.forward(&x).unwrap().tokens;
+    let before_d = tr.model.decoder.forward_embeds(&tr.model.decoder.embed(&ids).unwrap(), None).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    export_model(&tr, d.path(), None).unwrap();
+    let lofi = lofi_viewer::model::Lofi::load(d.path(), lofi_viewer::model::load::DeviceChoice::Cpu).unwrap();
+    assert!(lofi.config().lora.is_none(), "exported config still lists LoRA");
+    let after_v = lofi.model.vision.forward(&x).unwrap().tokens;
+    let after_d = lofi.model.decoder.forward_embeds(&lofi.model.decoder.embed(&ids).unwrap(), None).unwrap();
+    assert!(max_abs_diff(&before_v, &after_v) < 1e-4);
+    assert!(max_abs_diff(&before_d, &after_d) < 1e-4);
+    let st = candle_core::safetensors::load(d.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(st.keys().all(|k| !k.contains("lora")));
+}
