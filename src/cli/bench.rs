@@ -113,6 +113,7 @@ pub fn model(preset: &str, image: &Path, new_tokens: usize, runs: usize, threads
     // grounding: encode + prompt + exactly `new_tokens` greedy steps (random weights rarely stop)
     let mut ground = Vec::new();
     let mut generated = 0;
+    let mut prompt_tokens = 0;
     for _ in 0..runs {
         let s = Instant::now();
         let enc = lofi.encode(&img)?;
@@ -121,20 +122,29 @@ pub fn model(preset: &str, image: &Path, new_tokens: usize, runs: usize, threads
             response: None,
             supervised: false,
         };
+        prompt_tokens = crate::model::prompt::build_prompt(&lofi.tokenizer, std::slice::from_ref(&turn), cfg.projector.num_tokens)?.ids.len();
         let g = lofi.generate(&[turn], &[&enc.prefix])?;
         generated = g.ids.len();
         ground.push(s.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(json!({"preset": preset, "image": image, "image_size": cfg.image_size, "image_tokens": cfg.projector.num_tokens,
-              "new_tokens": generated, "build_s": build_s, "embed_image_ms": median(embed), "ground_ms": median(ground)}))
+              "new_tokens": generated, "build_s": build_s, "embed_image_ms": median(embed), "ground_ms": median(ground),
+              "prompt_tokens": prompt_tokens, "config": serde_json::to_value(&cfg)?}))
 }
 
 /// Search latency (p50/p99) and recall@10 of our HNSW against exact search, at `n` random
 /// `dim`-d vectors (FAISS numbers come from benches/store_vs_faiss.py in the same run).
-pub fn store(n: usize, dim: usize, queries: usize, params: crate::store::hnsw::HnswParams) -> Result<Value> {
+pub fn store(n: usize, dim: usize, queries: usize, params: crate::store::hnsw::HnswParams, export: Option<&Path>) -> Result<Value> {
     use crate::store::hnsw::{exact_search, random_unit_vectors, Hnsw};
     let data = random_unit_vectors(n, dim, 1);
     let q = random_unit_vectors(queries, dim, 2);
+    if let Some(dir) = export {
+        // the same vectors for the FAISS peer (raw little-endian f32, row-major)
+        std::fs::create_dir_all(dir)?;
+        let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        std::fs::write(dir.join("base.f32"), raw(&data))?;
+        std::fs::write(dir.join("queries.f32"), raw(&q))?;
+    }
     let t0 = Instant::now();
     let mut h = Hnsw::new(dim, params, 0);
     for v in data.chunks_exact(dim) {

@@ -360,11 +360,12 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 super::bench::dicom(&files, *runs)
             }
             super::BenchWhat::Model { preset, image, new_tokens, runs } => super::bench::model(preset, image, *new_tokens, *runs, None),
-            super::BenchWhat::Store { n, dim, queries, m, ef_construction, ef_search } => super::bench::store(
+            super::BenchWhat::Store { n, dim, queries, m, ef_construction, ef_search, export } => super::bench::store(
                 *n,
                 *dim,
                 *queries,
                 crate::store::hnsw::HnswParams { m: *m, ef_construction: *ef_construction, ef_search: *ef_search },
+                export.as_deref(),
             ),
         },
         Command::ImportNih { dir, out } => {

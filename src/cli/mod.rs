@@ -273,6 +273,9 @@ pub enum BenchWhat {
         /// efSearch.
         #[arg(long, default_value_t = 512)]
         ef_search: usize,
+        /// Also write the vectors (base.f32, queries.f32) here for the FAISS peer.
+        #[arg(long)]
+        export: Option<PathBuf>,
     },
 }
 

@@ -476,12 +476,15 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
     });
     ui.label(RichText::new(crate::report::disclaimer()).color(Color32::from_rgb(255, 150, 120)));
     ui.separator();
-    let resp = ui.add(
-        egui::TextEdit::singleline(&mut ai.phrase)
-            .hint_text("Type a finding, e.g. left pleural effusion")
-            .desired_width(f32::INFINITY)
-            .id_salt("ai-phrase"),
-    );
+    let label = ui.label("Finding");
+    let resp = ui
+        .add(
+            egui::TextEdit::singleline(&mut ai.phrase)
+                .hint_text("Type a finding, e.g. left pleural effusion")
+                .desired_width(f32::INFINITY)
+                .id_salt("ai-phrase"),
+        )
+        .labelled_by(label.id);
     let enter = resp.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
     if enter {
         act.ground = Some(ai.phrase.clone());

@@ -89,6 +89,27 @@ pub struct TextConfig {
     /// Output width of `head` (must equal the vision width for the sigmoid loss).
     #[serde(default)]
     pub projection_size: Option<usize>,
+    /// Pad on the left, so that last-token pooling reads the text's closing token instead of a
+    /// padding token. HF SigLIP checkpoints pad on the right (`false`); a small tower trained
+    /// from scratch learns far faster when the pooled position carries the text.
+    #[serde(default)]
+    pub pad_left: bool,
+    /// How the token states become one text embedding.
+    #[serde(default)]
+    pub pooling: TextPooling,
+}
+
+/// Pooling of the text tower's token states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TextPooling {
+    /// The last position (SigLIP / SigLIP 2 checkpoints).
+    #[default]
+    Last,
+    /// Mean over the non-padding tokens. A tower trained from scratch on short label texts
+    /// starts with near-identical last-position states for every text (the position's own
+    /// embedding dominates), which stalls the sigmoid loss; the mean sees every word at once.
+    Mean,
 }
 
 /// Layout of the MAP projector weights.
@@ -352,6 +373,8 @@ impl Config {
                     num_hidden_layers: 27,
                     num_attention_heads: 16,
                     max_position_embeddings: 64,
+                    pad_left: false,
+                    pooling: TextPooling::Last,
                     layer_norm_eps: 1e-6,
                     projection_size: None,
                 },
@@ -390,6 +413,8 @@ impl Config {
                     num_hidden_layers: 12,
                     num_attention_heads: 12,
                     max_position_embeddings: 64,
+                    pad_left: false,
+                    pooling: TextPooling::Last,
                     layer_norm_eps: 1e-6,
                     projection_size: None,
                 },
@@ -430,6 +455,8 @@ impl Config {
                     max_position_embeddings: 24,
                     layer_norm_eps: 1e-6,
                     projection_size: Some(192),
+                    pad_left: true,
+                    pooling: TextPooling::Mean,
                 },
                 projector: ProjectorConfig {
                     num_tokens: 49,

@@ -10,7 +10,7 @@ use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
 use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
 use serde::Deserialize;
 
-use super::config::{Config, DecoderConfig, PatchEmbedding, TextConfig, VisionConfig};
+use super::config::{Config, DecoderConfig, PatchEmbedding, TextConfig, TextPooling, VisionConfig};
 use super::ModelError;
 
 /// Which compute device to use.
@@ -348,6 +348,8 @@ pub fn hf_siglip_config(dir: &Path) -> Result<(VisionConfig, TextConfig), ModelE
             max_position_embeddings: t.max_position_embeddings,
             layer_norm_eps: t.layer_norm_eps,
             projection_size: t.projection_size,
+            pad_left: false,
+            pooling: TextPooling::Last,
         },
     ))
 }

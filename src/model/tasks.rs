@@ -212,9 +212,9 @@ impl Lofi {
     /// L2-normalised text embedding (text tower + head).
     pub fn embed_text(&self, text: &str) -> Result<Vec<f32>, ModelError> {
         let len = self.model.text.max_len();
-        let ids = self.tokenizer.encode_fixed(text, len)?;
+        let ids = self.tokenizer.encode_fixed(text, len, self.model.text.pad_left())?;
         let ids = Tensor::from_vec(ids, (1, len), &self.device)?;
-        let e = self.model.text.forward(&ids)?;
+        let e = self.model.text.embed(&ids, self.tokenizer.pad)?;
         Ok(l2_normalize(&e.to_dtype(DType::F32)?)?.i(0)?.to_vec1()?)
     }
 

@@ -4,7 +4,7 @@
 use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::TextConfig;
+use super::config::{TextConfig, TextPooling};
 use super::encoder::{Encoder, EncoderDims};
 use super::nn::{Embedding, LayerNorm, Linear, LoraSpec};
 
@@ -17,6 +17,8 @@ pub struct TextModel {
     final_layer_norm: LayerNorm,
     head: Linear,
     max_len: usize,
+    pad_left: bool,
+    pooling: TextPooling,
 }
 
 impl TextModel {
@@ -49,11 +51,36 @@ impl TextModel {
                 vb.pp("head"),
             )?,
             max_len: cfg.max_position_embeddings,
+            pad_left: cfg.pad_left,
+            pooling: cfg.pooling,
         })
     }
 
-    /// Token ids `(B, T)` with `T ≤ max_position_embeddings` → text embeddings `(B, P)`.
+    /// Token ids `(B, T)` → text embeddings `(B, P)` with the configured pooling; `pad_id`
+    /// marks the padding tokens that mean pooling leaves out.
+    pub fn embed(&self, ids: &Tensor, pad_id: u32) -> Result<Tensor> {
+        match self.pooling {
+            TextPooling::Last => self.forward(ids),
+            TextPooling::Mean => {
+                let x = self.states(ids)?;
+                let mask = ids.ne(pad_id)?.to_dtype(x.dtype())?.unsqueeze(2)?;
+                let n = mask.sum(1)?.clamp(1.0, f64::MAX)?;
+                let pooled = x.broadcast_mul(&mask)?.sum(1)?.broadcast_div(&n)?;
+                self.head.forward(&pooled)
+            }
+        }
+    }
+
+    /// Token ids `(B, T)` with `T ≤ max_position_embeddings` → last-token text embeddings `(B, P)`
+    /// (the SigLIP pooling, whatever the config says).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let t = ids.dim(1)?;
+        let x = self.states(ids)?;
+        self.head.forward(&x.i((.., t - 1, ..))?.contiguous()?)
+    }
+
+    /// Final-layer-normed token states `(B, T, H)`.
+    fn states(&self, ids: &Tensor) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         if t > self.max_len {
             candle_core::bail!(
@@ -67,8 +94,12 @@ impl TextModel {
             .forward(ids)?
             .broadcast_add(&self.position_embedding.forward(&pos)?.unsqueeze(0)?)?;
         let x = self.encoder.forward(&x)?;
-        let x = self.final_layer_norm.forward(&x)?;
-        self.head.forward(&x.i((.., t - 1, ..))?.contiguous()?)
+        self.final_layer_norm.forward(&x)
+    }
+
+    /// Whether texts are padded on the left (see [`TextConfig::pad_left`]).
+    pub fn pad_left(&self) -> bool {
+        self.pad_left
     }
 
     /// The fixed text length.

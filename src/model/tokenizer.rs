@@ -106,10 +106,20 @@ impl LofiTokenizer {
     }
 
     /// Fixed-length ids for the text tower: text, `<end_of_turn>`, then padding (truncated to `len`).
-    pub fn encode_fixed(&self, text: &str, len: usize) -> Result<Vec<u32>, ModelError> {
+    pub fn encode_fixed(
+        &self,
+        text: &str,
+        len: usize,
+        pad_left: bool,
+    ) -> Result<Vec<u32>, ModelError> {
         let mut ids = self.encode(text)?;
         ids.truncate(len.saturating_sub(1));
         ids.push(self.end_of_turn);
+        if pad_left {
+            let mut out = vec![self.pad; len.saturating_sub(ids.len())];
+            out.extend(ids);
+            return Ok(out);
+        }
         ids.resize(len, self.pad);
         Ok(ids)
     }

@@ -1,7 +1,7 @@
 //! The three LoFi losses: SigLIP's sigmoid image–text loss and the masked token cross-entropy
 //! used for captioning and location-aware captioning (logits only at supervised positions).
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 /// Numerically stable log σ(x) = min(x, 0) − log(1 + e^−|x|).
 pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
@@ -20,6 +20,38 @@ pub fn sigmoid_loss(img: &Tensor, txt: &Tensor, t_prime: &Tensor, bias: &Tensor)
         .broadcast_add(bias)?;
     let eye = Tensor::eye(b, DType::F32, img.device())?.to_dtype(logits.dtype())?;
     let z = ((eye * 2.0)? - 1.0)?;
+    let l = log_sigmoid(&(logits * z)?)?;
+    (l.sum_all()? / b as f64)?.neg()
+}
+
+/// Targets z `(B, B)` of the sigmoid loss: +1 on the diagonal and, with `same_text`, wherever
+/// the two texts are identical; −1 elsewhere.
+pub fn pair_targets(texts: &[&str], same_text: bool, device: &Device) -> Result<Tensor> {
+    let b = texts.len();
+    let mut z = vec![-1f32; b * b];
+    for i in 0..b {
+        for j in 0..b {
+            if i == j || (same_text && texts[i] == texts[j]) {
+                z[i * b + j] = 1.0;
+            }
+        }
+    }
+    Tensor::from_vec(z, (b, b), device)
+}
+
+/// Sigmoid loss with explicit targets `z` `(B, B)` of ±1 (see [`pair_targets`]).
+pub fn sigmoid_loss_targets(
+    img: &Tensor,
+    txt: &Tensor,
+    t_prime: &Tensor,
+    bias: &Tensor,
+    z: &Tensor,
+) -> Result<Tensor> {
+    let b = img.dim(0)?;
+    let logits = img
+        .matmul(&txt.t()?)?
+        .broadcast_mul(&t_prime.exp()?)?
+        .broadcast_add(bias)?;
     let l = log_sigmoid(&(logits * z)?)?;
     (l.sum_all()? / b as f64)?.neg()
 }
@@ -71,6 +103,28 @@ mod tests {
         let l = scalar(&sigmoid_loss(&x, &x, &tp, &b).unwrap());
         let want = -(4.0 * ls(1.0)) / 2.0;
         assert!((l - want).abs() < 1e-6, "{l} vs {want}");
+    }
+
+    #[test]
+    fn same_text_targets_match_diagonal_loss_when_texts_differ() {
+        let d = &Device::Cpu;
+        let x = Tensor::new(&[[0.6f32, 0.8], [1., 0.], [0., 1.]], d).unwrap();
+        let y = Tensor::new(&[[1f32, 0.], [0.8, 0.6], [0., 1.]], d).unwrap();
+        let tp = Tensor::new(&[1.3f32], d).unwrap();
+        let b = Tensor::new(&[-0.7f32], d).unwrap();
+        let plain = scalar(&sigmoid_loss(&x, &y, &tp, &b).unwrap());
+        let z = pair_targets(&["a", "b", "c"], true, d).unwrap();
+        let with = scalar(&sigmoid_loss_targets(&x, &y, &tp, &b, &z).unwrap());
+        assert!((plain - with).abs() < 1e-6);
+        // texts 0 and 2 identical: pairs (0,2) and (2,0) flip to positives
+        let z = pair_targets(&["a", "b", "a"], true, d).unwrap();
+        let zv: Vec<Vec<f32>> = z.to_vec2().unwrap();
+        assert_eq!(zv[0], vec![1., -1., 1.]);
+        assert_eq!(zv[1], vec![-1., 1., -1.]);
+        let flipped = scalar(&sigmoid_loss_targets(&x, &y, &tp, &b, &z).unwrap());
+        assert!((flipped - plain).abs() > 1e-3);
+        let z = pair_targets(&["a", "b", "a"], false, d).unwrap();
+        assert_eq!(z.to_vec2::<f32>().unwrap()[0], vec![1., -1., -1.]);
     }
 
     #[test]

@@ -90,7 +90,18 @@ pub enum Freeze {
     Encoder,
 }
 
-/// The training configuration (`--config` TOML; CLI flags override).
+/// Which image–text pairs of a batch the sigmoid loss treats as matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SigmoidPositives {
+    /// z_ij = +1 only for i = j (SigLIP, the spec's default).
+    #[default]
+    Diagonal,
+    /// z_ij = +1 also where text j is identical to text i.
+    SameText,
+}
+
+/// The training configuration (`--config` TOML; CLI flags override; every field has a default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -128,8 +139,17 @@ pub struct TrainConfig {
     /// batches of 32k pairs; a small batch wants about −ln(B − 1), else the towers collapse to
     /// constant embeddings that imitate the bias).
     pub sigmoid_bias_init: f64,
+    /// Pairs of the sigmoid loss that count as positives. SigLIP uses the diagonal only; with
+    /// label-derived texts a batch often holds several images with the same text, and calling
+    /// those pairs negatives asks for the impossible (identical texts, opposite targets).
+    pub sigmoid_positives: SigmoidPositives,
     /// Freezing choice.
     pub freeze: Freeze,
+    /// Keep the text tower at its initial weights. Trained from scratch on a few hundred distinct
+    /// label texts, the text tower quickly maps every text to one vector (the images cannot yet
+    /// tell the labels apart, and that is the cheapest way to lower the loss); a frozen random
+    /// tower with mean pooling keeps the texts apart, so the image tower has targets to learn.
+    pub freeze_text: bool,
     /// Seed of everything random.
     pub seed: u64,
     /// Checkpoint every N steps.
@@ -165,7 +185,9 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             lambda: 1.0,
             sigmoid_bias_init: -10.0,
+            sigmoid_positives: SigmoidPositives::Diagonal,
             freeze: Freeze::Full,
+            freeze_text: false,
             seed: 0,
             save_every: 200,
             keep_last: 3,
@@ -226,6 +248,21 @@ pub struct LossParts {
     pub cap: f64,
     /// Location-aware captioning.
     pub loc: f64,
+    /// Mean cosine between different images' embeddings in the batch (1.0 = collapsed).
+    pub img_sim: f64,
+    /// Mean cosine between different texts' embeddings in the batch.
+    pub txt_sim: f64,
+}
+
+/// Mean off-diagonal entry of `e eᵀ` for L2-normalised rows `e` `(B, D)`.
+fn mean_off_diagonal_cosine(e: &Tensor) -> Result<f64, TrainError> {
+    let b = e.dim(0)?;
+    if b < 2 {
+        return Ok(0.0);
+    }
+    let e = e.detach().to_dtype(DType::F32)?;
+    let sum = e.sum(0)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64; // Σ_ij e_i·e_j
+    Ok((sum - b as f64) / (b * (b - 1)) as f64)
 }
 
 /// Cached encoder features of one image (frozen-encoder training).
@@ -313,7 +350,16 @@ pub fn resolve_model(
     Ok((mc, tok, source))
 }
 
-fn trainable_fn(freeze: Freeze) -> TrainableFn {
+fn trainable_fn(freeze: Freeze, freeze_text: bool) -> TrainableFn {
+    let inner = trainable_fn_inner(freeze);
+    if freeze_text {
+        Arc::new(move |n: &str| !n.starts_with("text_model.") && inner(n))
+    } else {
+        inner
+    }
+}
+
+fn trainable_fn_inner(freeze: Freeze) -> TrainableFn {
     match freeze {
         Freeze::Full => Arc::new(|_| true),
         Freeze::Encoder => Arc::new(|n: &str| !n.starts_with("vision_model.")),
@@ -336,7 +382,7 @@ impl Trainer {
     pub fn with_dtype(cfg: TrainConfig, device: Device, dtype: DType) -> Result<Self, TrainError> {
         cfg.check()?;
         let (model_cfg, tokenizer, source) = resolve_model(&cfg)?;
-        let store = ParamStore::new(cfg.seed, source, trainable_fn(cfg.freeze));
+        let store = ParamStore::new(cfg.seed, source, trainable_fn(cfg.freeze, cfg.freeze_text));
         let vb = store.var_builder(dtype, &device);
         // the sigmoid bias is created first so a from-scratch run starts from the configured value
         let _ = vb.get_with_hints(1, "logit_bias", candle_nn::Init::Const(cfg.sigmoid_bias_init))?;
@@ -414,12 +460,23 @@ impl Trainer {
         let len = self.model.text.max_len();
         let mut ids = Vec::with_capacity(b * len);
         for s in samples {
-            ids.extend(self.tokenizer.encode_fixed(&s.text, len)?);
+            ids.extend(self.tokenizer.encode_fixed(&s.text, len, self.model.text.pad_left())?);
         }
         let ids = Tensor::from_vec(ids, (b, len), &self.device)?;
-        let txt = l2_normalize(&self.model.text.forward(&ids)?)?;
+        let txt = l2_normalize(&self.model.text.embed(&ids, self.tokenizer.pad)?)?;
         let img = l2_normalize(&pooled)?;
-        let sig = loss::sigmoid_loss(&img, &txt, &self.model.logit_scale, &self.model.logit_bias)?;
+        let z = loss::pair_targets(
+            &samples.iter().map(|s| s.text.as_str()).collect::<Vec<_>>(),
+            self.cfg.sigmoid_positives == SigmoidPositives::SameText,
+            &self.device,
+        )?;
+        let sig = loss::sigmoid_loss_targets(
+            &img,
+            &txt,
+            &self.model.logit_scale,
+            &self.model.logit_bias,
+            &z.to_dtype(img.dtype())?,
+        )?;
         // decoder losses
         let m = self.model_cfg.projector.num_tokens;
         let prefix = self.model.projector.forward(&tokens)?;
@@ -494,6 +551,8 @@ impl Trainer {
             sig: sig.to_dtype(DType::F64)?.to_scalar::<f64>()?,
             cap: scalar(&cap)?,
             loc: scalar(&loc)?,
+            img_sim: mean_off_diagonal_cosine(&img)?,
+            txt_sim: mean_off_diagonal_cosine(&txt)?,
         };
         Ok((total, parts))
     }
@@ -579,12 +638,16 @@ pub fn validate(tr: &Trainer, val: &[TrainImage], seed: u64) -> Result<LossParts
         acc.sig += p.sig * w;
         acc.cap += p.cap * w;
         acc.loc += p.loc * w;
+        acc.img_sim += p.img_sim * w;
+        acc.txt_sim += p.txt_sim * w;
         n += w;
     }
     acc.total /= n;
     acc.sig /= n;
     acc.cap /= n;
     acc.loc /= n;
+    acc.img_sim /= n;
+    acc.txt_sim /= n;
     Ok(acc)
 }
 
@@ -791,6 +854,8 @@ pub fn finetune(
             parts.sig += p.sig * w;
             parts.cap += p.cap * w;
             parts.loc += p.loc * w;
+            parts.img_sim += p.img_sim * w;
+            parts.txt_sim += p.txt_sim * w;
         }
         let norm = optim::clip(&mut grads, cfg.grad_clip)?;
         if !parts.total.is_finite() || !norm.is_finite() {
@@ -818,7 +883,8 @@ pub fn finetune(
         }
         let line = serde_json::json!({
             "step": state.step, "loss": parts.total, "sig": parts.sig, "cap": parts.cap,
-            "loc": parts.loc, "lr": lr, "grad_norm": norm, "samples_per_s": sps,
+            "loc": parts.loc, "img_sim": parts.img_sim, "txt_sim": parts.txt_sim,
+            "lr": lr, "grad_norm": norm, "samples_per_s": sps,
             "elapsed_s": t0.elapsed().as_secs_f64(),
         });
         writeln!(metrics, "{line}").map_err(io("writing metrics.jsonl".into()))?;
@@ -837,6 +903,8 @@ pub fn finetune(
                 ("sig".into(), v.sig),
                 ("cap".into(), v.cap),
                 ("loc".into(), v.loc),
+                ("img_sim".into(), v.img_sim),
+                ("txt_sim".into(), v.txt_sim),
             ]);
             let line = serde_json::json!({"step": state.step, "val": last_val});
             writeln!(metrics, "{line}").map_err(io("writing metrics.jsonl".into()))?;

@@ -107,6 +107,8 @@ fn text_tower_matches_stock_siglip() {
         max_position_embeddings: 12,
         layer_norm_eps: 1e-6,
         projection_size: None,
+        pad_left: false,
+        pooling: Default::default(),
     };
     let w = randomized(|vb| TextModel::new(&cfg, None, vb).map(|_| ()));
     let vb = VarBuilder::from_tensors(w, DType::F32, &Device::Cpu);

@@ -224,10 +224,11 @@ fn overfits_four_real_images() {
     let d = tempfile::tempdir().unwrap();
     let m = four_images(d.path());
     let cfg = TrainConfig {
-        steps: 60,
+        steps: 160,
         batch_size: 4,
         lr: 2e-3,
         warmup: 5,
+        lambda: 5.0,
         save_every: 1000,
         augment: Augment::none(),
         ..tiny_cfg()
@@ -317,5 +318,67 @@ fn resume_is_bit_exact() {
     assert_eq!(
         weights(&straight.join("model")),
         weights(&split.join("model"))
+    );
+}
+
+#[test]
+fn killed_during_checkpoints_resumes_to_the_same_weights() {
+    use rand::Rng;
+    use std::process::{Command, Stdio};
+    let d = tempfile::tempdir().unwrap();
+    let m = four_images(d.path());
+    let manifest = d.path().join("four.jsonl");
+    m.write(&manifest).unwrap();
+    // a checkpoint every step: most kills land in or near a checkpoint write
+    let cfg = TrainConfig {
+        steps: 24,
+        save_every: 1,
+        keep_last: 2,
+        ..tiny_cfg()
+    };
+    let toml_path = d.path().join("cfg.toml");
+    std::fs::write(&toml_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let run = |out: &Path, resume: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lofi-viewer"));
+        c.args(["--headless", "finetune", "--config"])
+            .arg(&toml_path)
+            .arg("--data")
+            .arg(&manifest)
+            .arg("--val")
+            .arg(&manifest)
+            .arg("--out")
+            .arg(out);
+        if resume {
+            c.arg("--resume");
+        }
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+    let straight = d.path().join("straight");
+    let o = run(&straight, false).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let killed = d.path().join("killed");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut kills = 0;
+    for trial in 0..8 {
+        let mut child = run(&killed, trial > 0).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(300..2500)));
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // whatever the moment, the latest checkpoint loads (or there is none yet)
+        lofi_viewer::train::checkpoint::load_latest(&killed.join("checkpoints"), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("trial {trial}: latest checkpoint unusable: {e}"));
+    }
+    assert!(kills >= 4, "only {kills} runs were still going when killed");
+    let o = run(&killed, true).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        weights(&straight.join("model")),
+        weights(&killed.join("model")),
+        "killed-and-resumed run differs from the straight run"
     );
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use lofi_viewer::dicom::{self, lut, DisplayParams, Voi, VoiFunction};
 use lofi_viewer::gui::renderer::{HeadlessGpu, SHADER};
@@ -155,4 +156,122 @@ fn keyboard_and_two_up() {
     // the study browser lists every test file of the folder as one patient
     assert_eq!(h.state().scan.patients.len(), 1);
     assert!(h.state().scan.images().len() >= 30);
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The acceptance test of the AI panel: a real NIH image, "cardiomegaly" typed into the panel,
+/// the bundled model runs on a background thread, the box appears in the result list and is
+/// painted over the image, and the headless `ground` command returns the same boxes.
+#[test]
+fn typed_finding_is_grounded_with_the_bundled_model() {
+    let model = root().join("models/lofi-tiny");
+    let image = fixtures().join("nih/images/00005066_030.png");
+    let mut h = {
+        let (model, image) = (model.clone(), image.clone());
+        Harness::builder()
+            .with_size(egui::Vec2::new(1400.0, 900.0))
+            .wgpu()
+            .build_eframe(move |cc| {
+                LofiApp::new(
+                    cc,
+                    Args {
+                        paths: vec![image],
+                        model: Some(model),
+                        screenshot: Some(PathBuf::from("/dev/null")),
+                        ..Default::default()
+                    },
+                    Arc::new(Mutex::new(ShotOutcome::Pending)),
+                )
+            })
+    };
+    wait_until(&mut h, "image and model", |a| a.viewports[0].image.is_some() && a.ai.model.is_some());
+    let field = h.get_by_label("Finding");
+    field.focus();
+    h.run_steps(2);
+    h.get_by_label("Finding").type_text("cardiomegaly");
+    h.run_steps(2);
+    h.key_press(egui::Key::Enter);
+    h.run_steps(2);
+    assert!(h.state().ai.running.is_some(), "Enter did not start grounding on a background thread");
+    // frames keep coming while the model runs: record each frame's time (reported, not asserted)
+    let mut frame_ms = Vec::new();
+    let t0 = Instant::now();
+    while h.state().ai.running.is_some() {
+        let s = Instant::now();
+        h.step();
+        frame_ms.push(s.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(t0.elapsed() < Duration::from_secs(120), "grounding did not finish");
+    }
+    frame_ms.sort_by(f64::total_cmp);
+    if let (Some(mid), Some(max)) = (frame_ms.get(frame_ms.len() / 2), frame_ms.last()) {
+        println!(
+            "frames during inference: {} over {:.0} ms, median {mid:.1} ms, max {max:.1} ms",
+            frame_ms.len(),
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    wait_until(&mut h, "grounding result", |a| {
+        a.ai.running.is_none() && a.ai.results.values().any(|r| r.findings.iter().any(|f| f.phrase == "cardiomegaly"))
+    });
+    let app = h.state();
+    let results = app.ai.results.values().find(|r| r.findings.iter().any(|f| f.phrase == "cardiomegaly")).unwrap().clone();
+    let finding = results.findings.iter().find(|f| f.phrase == "cardiomegaly").unwrap().clone();
+    assert!(!finding.boxes.is_empty(), "the bundled model found no cardiomegaly box");
+    let b = finding.boxes[0].clone();
+    // in the list
+    let _ = h.get_by_label_contains("box 1 · score");
+    // in the overlay: the box outline is painted in the phrase's colour
+    let (rect, view) = {
+        let vp = &h.state().viewports[0];
+        (vp.rect.unwrap(), vp.view.clone())
+    };
+    let size = egui::Vec2::new(results.width as f32, results.height as f32);
+    let corners = lofi_viewer::gui::ai::box_on_screen(&view, rect, size, &b);
+    let shot = h.render().expect("render");
+    let ppp = h.ctx.pixels_per_point();
+    let want = lofi_viewer::gui::ai::PALETTE[0];
+    let mut on_edge = 0;
+    let mut total = 0;
+    for k in 1..20 {
+        let t = k as f32 / 20.0;
+        for (p, q) in [(corners[0], corners[1]), (corners[1], corners[2]), (corners[2], corners[3]), (corners[3], corners[0])] {
+            let x = ((p.x + (q.x - p.x) * t) * ppp).round() as i64;
+            let y = ((p.y + (q.y - p.y) * t) * ppp).round() as i64;
+            total += 1;
+            let near = (-1..=1).any(|dy| {
+                (-1..=1).any(|dx| {
+                    let (px, py) = (x + dx, y + dy);
+                    if px < 0 || py < 0 || px >= shot.width() as i64 || py >= shot.height() as i64 {
+                        return false;
+                    }
+                    let c = shot.get_pixel(px as u32, py as u32);
+                    (c[0] as i32 - want.r() as i32).abs() < 40 && (c[1] as i32 - want.g() as i32).abs() < 40 && (c[2] as i32 - want.b() as i32).abs() < 60
+                })
+            });
+            on_edge += near as usize;
+        }
+    }
+    assert!(on_edge * 10 >= total * 8, "box outline not painted: {on_edge}/{total} edge samples");
+    // the headless command gives the same boxes for the same input
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lofi-viewer"))
+        .args(["--headless", "--device", "cpu", "--model"])
+        .arg(&model)
+        .args(["ground", "--phrase", "cardiomegaly", "--image"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli = v["boxes"].as_array().unwrap();
+    assert_eq!(cli.len(), finding.boxes.len());
+    for (c, g) in cli.iter().zip(&finding.boxes) {
+        for (k, gv) in [("x1", g.x1), ("y1", g.y1), ("x2", g.x2), ("y2", g.y2), ("score", g.score)] {
+            let cv = c[k].as_f64().unwrap() as f32;
+            assert!((cv - gv).abs() < 1e-3, "{k}: cli {cv} vs gui {gv}");
+        }
+    }
 }

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""CPU latency of LoFi's `embed_image` and `ground`, ours (candle) against HF transformers
+(PyTorch) running the same architecture and sizes, same machine, same run.
+
+Usage: benches/model_vs_torch.sh (creates the venv, then runs this file).
+
+For each preset this script first runs `lofi-viewer --headless bench model --preset P`, which
+prints our timings and the exact model config; it then builds the same towers in PyTorch with
+random weights:
+  * embed_image: SiglipVisionModel (MAP head) at the preset's image size;
+  * ground: vision tower + a one-block MAP projector with M probes and the MLP, then
+    Gemma3ForCausalLM.generate over the image prefix + prompt embeddings, greedy, KV cache,
+    exactly as many new tokens as our run produced.
+Medians of repeated runs; ratio = ours / PyTorch (below 1: we are faster).
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, SiglipVisionConfig, SiglipVisionModel
+
+
+def median_ms(fn, runs):
+    fn()  # warm-up
+    t = []
+    for _ in range(runs):
+        s = time.perf_counter()
+        fn()
+        t.append((time.perf_counter() - s) * 1000)
+    return statistics.median(t)
+
+
+class MapProjector(torch.nn.Module):
+    """One MAP block with M probes, LayerNorm, MLP residual, then Linear-GELU-Linear."""
+
+    def __init__(self, hidden, heads, m, mlp_hidden, out):
+        super().__init__()
+        self.probe = torch.nn.Parameter(torch.randn(1, m, hidden) * 0.02)
+        self.attn = torch.nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.ln = torch.nn.LayerNorm(hidden)
+        self.fc1 = torch.nn.Linear(hidden, mlp_hidden)
+        self.fc2 = torch.nn.Linear(mlp_hidden, hidden)
+        self.p1 = torch.nn.Linear(hidden, out)
+        self.p2 = torch.nn.Linear(out, out)
+
+    def forward(self, x):
+        q = self.probe.expand(x.shape[0], -1, -1)
+        h = self.attn(q, x, x, need_weights=False)[0]
+        h = h + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln(h)), approximate="tanh"))
+        return self.p2(torch.nn.functional.gelu(self.p1(h), approximate="tanh"))
+
+
+def torch_models(cfg):
+    v = cfg["vision"]
+    vc = SiglipVisionConfig(
+        hidden_size=v["hidden_size"], intermediate_size=v["intermediate_size"],
+        num_hidden_layers=v["num_hidden_layers"], num_attention_heads=v["num_attention_heads"],
+        num_channels=v["num_channels"], image_size=cfg["image_size"], patch_size=v["patch_size"],
+        layer_norm_eps=v["layer_norm_eps"], vision_use_head=True,
+    )
+    vision = SiglipVisionModel(vc).eval()
+    d = cfg["decoder"]
+    dc = Gemma3TextConfig(
+        vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+        intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
+        num_attention_heads=d["num_attention_heads"], num_key_value_heads=d["num_key_value_heads"],
+        head_dim=d["head_dim"], rms_norm_eps=d["rms_norm_eps"], rope_theta=d["rope_theta"],
+        rope_local_base_freq=d["rope_local_base_freq"],
+        query_pre_attn_scalar=d["query_pre_attn_scalar"], sliding_window=d["sliding_window"],
+        sliding_window_pattern=d["sliding_window_pattern"],
+        max_position_embeddings=d["max_position_embeddings"], attn_implementation="sdpa",
+    )
+    decoder = Gemma3ForCausalLM(dc).eval()
+    p = cfg["projector"]
+    proj = MapProjector(v["hidden_size"], p["num_heads"], p["num_tokens"], p["mlp_hidden"], d["hidden_size"]).eval()
+    return vision, proj, decoder
+
+
+def bench_preset(exe, preset, image, runs, new_tokens):
+    out = subprocess.run(
+        [exe, "--headless", "bench", "model", "--preset", preset, "--image", image,
+         "--runs", str(runs), "--new-tokens", str(new_tokens)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    ours = json.loads(out)
+    cfg = ours["config"]
+    vision, proj, decoder = torch_models(cfg)
+    s = cfg["image_size"]
+    px = torch.randn(1, cfg["vision"]["num_channels"], s, s)
+    n_new = max(1, ours["new_tokens"])
+    n_prompt = ours["prompt_tokens"]
+    hidden = cfg["decoder"]["hidden_size"]
+    text_embeds = torch.randn(1, n_prompt - cfg["projector"]["num_tokens"], hidden)
+
+    @torch.inference_mode()
+    def embed():
+        return vision(pixel_values=px).pooler_output
+
+    @torch.inference_mode()
+    def ground():
+        o = vision(pixel_values=px)
+        prefix = proj(o.last_hidden_state)
+        embeds = torch.cat([text_embeds[:, :4], prefix, text_embeds[:, 4:]], dim=1)
+        return decoder.generate(
+            inputs_embeds=embeds, max_new_tokens=n_new, min_new_tokens=n_new,
+            do_sample=False, use_cache=True, pad_token_id=0,
+        )
+
+    t_embed = median_ms(embed, runs)
+    t_ground = median_ms(ground, runs)
+    return {
+        "preset": preset, "image_size": s, "new_tokens": n_new,
+        "ours_embed_ms": ours["embed_image_ms"], "torch_embed_ms": t_embed,
+        "embed_ratio": ours["embed_image_ms"] / t_embed,
+        "ours_ground_ms": ours["ground_ms"], "torch_ground_ms": t_ground,
+        "ground_ratio": ours["ground_ms"] / t_ground,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--exe", required=True)
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--presets", default="lofi-tiny,lofi-base,lofi-paper")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rows = [bench_preset(a.exe, p, a.image, a.runs, a.new_tokens) for p in a.presets.split(",")]
+    print("| preset | image | embed_image ours ms | PyTorch ms | ratio | ground ours ms | PyTorch ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['image_size']} | {r['ours_embed_ms']:.1f} | {r['torch_embed_ms']:.1f} | "
+              f"{r['embed_ratio']:.2f} | {r['ours_ground_ms']:.1f} | {r['torch_ground_ms']:.1f} | {r['ground_ratio']:.2f} |")
+    json.dump(rows, sys.stderr, indent=1)
+
+
+if __name__ == "__main__":
+    main()
