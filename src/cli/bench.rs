@@ -22,7 +22,13 @@ fn time_process(cmd: &mut Command, runs: usize) -> Result<f64> {
         let s = Instant::now();
         let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
         if !out.status.success() {
-            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or(""));
+            bail!(
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            );
         }
         t.push(s.elapsed().as_secs_f64() * 1000.0);
     }
@@ -30,30 +36,50 @@ fn time_process(cmd: &mut Command, runs: usize) -> Result<f64> {
 }
 
 fn which(p: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {p}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {p}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// File → displayable 8-bit pixels, for each file: our CLI process and library call vs dcmtk
-/// (`dcmj2pnm` / `dcml2pnm`) and GDCM (`gdcmimg`) processes, each writing a raw 8-bit PGM.
+/// (`dcmj2pnm` / `dcml2pnm`, writing an 8-bit PGM) and GDCM (`gdcmconv --raw`) processes.
 pub fn dicom(files: &[PathBuf], runs: usize) -> Result<Value> {
     let exe = std::env::current_exe().context("locating our executable")?;
     let tmp = tempfile::tempdir()?;
     let out = |n: &str| tmp.path().join(n);
     let mut rows = Vec::new();
-    let mut table = String::from("| file | transfer syntax | ours (process) ms | ours (library) ms | dcmtk ms | GDCM ms | ours ÷ fastest peer |\n|---|---|---|---|---|---|---|\n");
+    let mut table = String::from("| file | transfer syntax | ours (process) ms | ours (library) ms | dcmtk ms | GDCM (gdcmconv --raw) ms | ours ÷ fastest peer |\n|---|---|---|---|---|---|---|\n");
     for f in files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let info = crate::dicom::object::open(f).with_context(|| format!("opening {}", f.display()))?.info;
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let info = crate::dicom::object::open(f)
+            .with_context(|| format!("opening {}", f.display()))?
+            .info;
         let ts = info.transfer_syntax.clone();
         // warm the page cache and the binaries
         let _ = std::fs::read(f)?;
-        let ours_proc = time_process(Command::new(&exe).args(["--headless", "render"]).arg(f).arg("--out").arg(out("ours.pgm")), runs)?;
+        let ours_proc = time_process(
+            Command::new(&exe)
+                .args(["--headless", "render"])
+                .arg(f)
+                .arg("--out")
+                .arg(out("ours.pgm")),
+            runs,
+        )?;
         let mut lib = Vec::new();
         for _ in 0..runs {
             let s = Instant::now();
             let img = crate::dicom::load(f)?;
             let fr = img.frames.first().context("no frame")?;
-            let p = crate::dicom::DisplayParams { voi: crate::dicom::lut::default_voi(&img.info, fr), invert: false };
+            let p = crate::dicom::DisplayParams {
+                voi: crate::dicom::lut::default_voi(&img.info, fr),
+                invert: false,
+            };
             let g = crate::dicom::lut::render(fr, &img.info, &p);
             std::hint::black_box(&g);
             lib.push(s.elapsed().as_secs_f64() * 1000.0);
@@ -65,15 +91,31 @@ pub fn dicom(files: &[PathBuf], runs: usize) -> Result<Value> {
             _ => Some("dcmj2pnm"),
         };
         let dcmtk = match dcmtk_tool {
-            Some(t) if which(t) => Some(time_process(Command::new(t).arg("+op").arg(f).arg(out("dcmtk.pgm")), runs)?),
+            Some(t) if which(t) => Some(time_process(
+                Command::new(t).arg("+op").arg(f).arg(out("dcmtk.pgm")),
+                runs,
+            )?),
             _ => None,
         };
-        let gdcm = if which("gdcmimg") {
-            Some(time_process(Command::new("gdcmimg").arg("-i").arg(f).arg("-o").arg(out("gdcm.pgm")), runs)?)
+        // GDCM: gdcmimg writes 8-bit PNM for 8-bit images but refuses high bit depths, so the
+        // peer is `gdcmconv --raw` (decode to uncompressed DICOM), which does less work than us
+        // (no VOI, no 8-bit output): a conservative comparison.
+        let gdcm = if which("gdcmconv") {
+            time_process(
+                Command::new("gdcmconv")
+                    .arg("--raw")
+                    .arg(f)
+                    .arg(out("gdcm.dcm")),
+                runs,
+            )
+            .ok()
         } else {
             None
         };
-        let fastest = [dcmtk, gdcm].into_iter().flatten().fold(f64::INFINITY, f64::min);
+        let fastest = [dcmtk, gdcm]
+            .into_iter()
+            .flatten()
+            .fold(f64::INFINITY, f64::min);
         let ratio = ours_proc / fastest;
         let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.1}"));
         table.push_str(&format!(
@@ -88,7 +130,13 @@ pub fn dicom(files: &[PathBuf], runs: usize) -> Result<Value> {
 }
 
 /// CPU latency of `embed_image` and `ground` with random weights for a preset.
-pub fn model(preset: &str, image: &Path, new_tokens: usize, runs: usize, threads: Option<usize>) -> Result<Value> {
+pub fn model(
+    preset: &str,
+    image: &Path,
+    new_tokens: usize,
+    runs: usize,
+    threads: Option<usize>,
+) -> Result<Value> {
     if let Some(t) = threads {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
@@ -100,7 +148,10 @@ pub fn model(preset: &str, image: &Path, new_tokens: usize, runs: usize, threads
     let t0 = Instant::now();
     let model = crate::model::LofiModel::new(&cfg, vb)?;
     let build_s = t0.elapsed().as_secs_f64();
-    let tok = crate::model::tokenizer::LofiTokenizer::from_file(&super::commands::default_tokenizer(), &cfg.tokens)?;
+    let tok = crate::model::tokenizer::LofiTokenizer::from_file(
+        &super::commands::default_tokenizer(),
+        &cfg.tokens,
+    )?;
     let lofi = crate::model::Lofi::from_parts(model, tok, candle_core::Device::Cpu);
     let img = crate::dicom::load_gray8(image)?;
     let _ = lofi.encode(&img)?; // warm-up
@@ -122,19 +173,33 @@ pub fn model(preset: &str, image: &Path, new_tokens: usize, runs: usize, threads
             response: None,
             supervised: false,
         };
-        prompt_tokens = crate::model::prompt::build_prompt(&lofi.tokenizer, std::slice::from_ref(&turn), cfg.projector.num_tokens)?.ids.len();
+        prompt_tokens = crate::model::prompt::build_prompt(
+            &lofi.tokenizer,
+            std::slice::from_ref(&turn),
+            cfg.projector.num_tokens,
+        )?
+        .ids
+        .len();
         let g = lofi.generate(&[turn], &[&enc.prefix])?;
         generated = g.ids.len();
         ground.push(s.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok(json!({"preset": preset, "image": image, "image_size": cfg.image_size, "image_tokens": cfg.projector.num_tokens,
+    Ok(
+        json!({"preset": preset, "image": image, "image_size": cfg.image_size, "image_tokens": cfg.projector.num_tokens,
               "new_tokens": generated, "build_s": build_s, "embed_image_ms": median(embed), "ground_ms": median(ground),
-              "prompt_tokens": prompt_tokens, "config": serde_json::to_value(&cfg)?}))
+              "prompt_tokens": prompt_tokens, "config": serde_json::to_value(&cfg)?}),
+    )
 }
 
 /// Search latency (p50/p99) and recall@10 of our HNSW against exact search, at `n` random
 /// `dim`-d vectors (FAISS numbers come from benches/store_vs_faiss.py in the same run).
-pub fn store(n: usize, dim: usize, queries: usize, params: crate::store::hnsw::HnswParams, export: Option<&Path>) -> Result<Value> {
+pub fn store(
+    n: usize,
+    dim: usize,
+    queries: usize,
+    params: crate::store::hnsw::HnswParams,
+    export: Option<&Path>,
+) -> Result<Value> {
     use crate::store::hnsw::{exact_search, random_unit_vectors, Hnsw};
     let data = random_unit_vectors(n, dim, 1);
     let q = random_unit_vectors(queries, dim, 2);
@@ -162,7 +227,9 @@ pub fn store(n: usize, dim: usize, queries: usize, params: crate::store::hnsw::H
     }
     lat.sort_by(f64::total_cmp);
     let p = |f: f64| lat[((lat.len() as f64 - 1.0) * f).round() as usize];
-    Ok(json!({"n": n, "dim": dim, "queries": queries, "m": params.m, "ef_construction": params.ef_construction,
+    Ok(
+        json!({"n": n, "dim": dim, "queries": queries, "m": params.m, "ef_construction": params.ef_construction,
               "ef_search": params.ef_search, "build_s": build_s, "p50_us": p(0.5), "p99_us": p(0.99),
-              "recall@10": hit as f64 / (queries * 10) as f64}))
+              "recall@10": hit as f64 / (queries * 10) as f64}),
+    )
 }

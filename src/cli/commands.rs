@@ -105,7 +105,14 @@ pub fn query_embedding(m: &Lofi, image: &Path, bbox: Option<[f32; 4]>) -> Result
             let (w, h) = (img.width() as f32, img.height() as f32);
             let (x1, y1) = (x1.clamp(0.0, w - 1.0), y1.clamp(0.0, h - 1.0));
             let (x2, y2) = (x2.clamp(x1 + 1.0, w), y2.clamp(y1 + 1.0, h));
-            image::imageops::crop_imm(&img, x1 as u32, y1 as u32, (x2 - x1) as u32, (y2 - y1) as u32).to_image()
+            image::imageops::crop_imm(
+                &img,
+                x1 as u32,
+                y1 as u32,
+                (x2 - x1) as u32,
+                (y2 - y1) as u32,
+            )
+            .to_image()
         }
         None => img,
     };
@@ -116,8 +123,10 @@ pub fn query_embedding(m: &Lofi, image: &Path, bbox: Option<[f32; 4]>) -> Result
 pub fn progress_bar(what: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(0);
     pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{what} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} (ETA {{eta}})"))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} (ETA {{eta}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb
 }
@@ -164,7 +173,10 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             };
             let rendered = crate::dicom::lut::render(f, &img.info, &params);
             let pnm = matches!(
-                out.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+                out.extension()
+                    .and_then(|e| e.to_str())
+                    .map(|e| e.to_ascii_lowercase())
+                    .as_deref(),
                 Some("pgm") | Some("ppm") | Some("pnm")
             );
             let png = if pnm {
@@ -252,12 +264,18 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
         } => {
             let m = load_model(cli)?;
             let data_m = Manifest::read(data)?;
-            let field: crate::eval::PhraseField = phrase_field.parse().map_err(anyhow::Error::msg)?;
-            let base = baseline_from.as_ref().map(|p| Manifest::read(p)).transpose()?;
+            let field: crate::eval::PhraseField =
+                phrase_field.parse().map_err(anyhow::Error::msg)?;
+            let base = baseline_from
+                .as_ref()
+                .map(|p| Manifest::read(p))
+                .transpose()?;
             let pool = match (shots, shots_from) {
                 (0, _) => None,
                 (_, Some(p)) => Some(Manifest::read(p)?),
-                (_, None) => Some(crate::store::annotated_manifest(open_store(cli, &m)?.as_ref())?),
+                (_, None) => Some(crate::store::annotated_manifest(
+                    open_store(cli, &m)?.as_ref(),
+                )?),
             };
             let pb = progress_bar("eval");
             let progress = |d: usize, t: usize| {
@@ -359,15 +377,91 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 };
                 super::bench::dicom(&files, *runs)
             }
-            super::BenchWhat::Model { preset, image, new_tokens, runs } => super::bench::model(preset, image, *new_tokens, *runs, None),
-            super::BenchWhat::Store { n, dim, queries, m, ef_construction, ef_search, export } => super::bench::store(
+            super::BenchWhat::Model {
+                preset,
+                image,
+                new_tokens,
+                runs,
+            } => super::bench::model(preset, image, *new_tokens, *runs, None),
+            super::BenchWhat::Store {
+                n,
+                dim,
+                queries,
+                m,
+                ef_construction,
+                ef_search,
+                export,
+            } => super::bench::store(
                 *n,
                 *dim,
                 *queries,
-                crate::store::hnsw::HnswParams { m: *m, ef_construction: *ef_construction, ef_search: *ef_search },
+                crate::store::hnsw::HnswParams {
+                    m: *m,
+                    ef_construction: *ef_construction,
+                    ef_search: *ef_search,
+                },
                 export.as_deref(),
             ),
         },
+        Command::Convert {
+            from,
+            to,
+            dtype,
+            card,
+            center_from,
+        } => {
+            let dt = match dtype.as_str() {
+                "f32" => candle_core::DType::F32,
+                "f16" => candle_core::DType::F16,
+                "bf16" => candle_core::DType::BF16,
+                other => bail!("unknown dtype {other:?} (f32, f16 or bf16)"),
+            };
+            let card = card
+                .as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()?;
+            crate::model::load::convert_model_dir(from, to, dt, card.as_deref())
+                .with_context(|| format!("converting {} to {}", from.display(), to.display()))?;
+            let mut centred_on = 0;
+            if let Some(man) = center_from {
+                let lofi = crate::model::Lofi::load(to, crate::model::load::DeviceChoice::Cpu)?;
+                let m = Manifest::read(man)?;
+                let pb = progress_bar("centring");
+                pb.set_length(m.records.len() as u64);
+                let mut sum: Vec<f64> = Vec::new();
+                for chunk in m.records.chunks(16) {
+                    let imgs = chunk
+                        .iter()
+                        .map(|r| load_image(&m.image_path(r)))
+                        .collect::<Result<Vec<_>>>()?;
+                    let refs: Vec<&image::GrayImage> = imgs.iter().collect();
+                    for row in lofi.pooled_features(&refs)? {
+                        sum.resize(row.len(), 0.0);
+                        for (s, v) in sum.iter_mut().zip(row) {
+                            *s += v as f64;
+                        }
+                        centred_on += 1;
+                    }
+                    pb.inc(chunk.len() as u64);
+                }
+                pb.finish_and_clear();
+                if centred_on == 0 {
+                    bail!("{} has no images", man.display());
+                }
+                let center: Vec<f32> = sum.iter().map(|s| (s / centred_on as f64) as f32).collect();
+                crate::model::load::write_embedding_center(to, &center)?;
+            }
+            // the result must load and run
+            let lofi = crate::model::Lofi::load(to, crate::model::load::DeviceChoice::Cpu)
+                .with_context(|| format!("loading the converted model {}", to.display()))?;
+            let bytes = std::fs::metadata(to.join("model.safetensors"))?.len();
+            Ok(
+                json!({"model": lofi.model_id(), "dtype": dtype, "weights_bytes": bytes,
+                      "centred_on_images": centred_on, "has_center": lofi.embedding_center.is_some()}),
+            )
+        }
         Command::ImportNih { dir, out } => {
             let out_dir = out.parent().map(Path::to_path_buf).unwrap_or_default();
             let out_dir = if out_dir.as_os_str().is_empty() {

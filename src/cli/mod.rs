@@ -157,6 +157,23 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Copy a model directory with its weights stored in another dtype (e.g. f16 for bundling).
+    Convert {
+        /// Source model directory.
+        from: PathBuf,
+        /// Destination model directory.
+        to: PathBuf,
+        /// Storage dtype: f32, f16 or bf16.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        /// Model card to write as MODEL_CARD.md.
+        #[arg(long)]
+        card: Option<PathBuf>,
+        /// Store the mean pooled image feature of this manifest's images (the training split)
+        /// as `embedding_center`, subtracted from every image embedding before normalisation.
+        #[arg(long)]
+        center_from: Option<PathBuf>,
+    },
     /// Convert the NIH CSV layout into a manifest.
     ImportNih {
         /// Folder with images/, labels.csv and phrases.jsonl or boxes.csv.

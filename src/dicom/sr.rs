@@ -40,11 +40,23 @@ fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
 }
 
 fn concept(value: &str, scheme: &str, meaning: &str) -> DataElement<InMemDicomObject> {
-    seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code(value, scheme, meaning)])
+    seq(
+        tags::CONCEPT_NAME_CODE_SEQUENCE,
+        vec![code(value, scheme, meaning)],
+    )
 }
 
-fn item(rel: &str, vt: &str, name: (&str, &str, &str), mut rest: Vec<DataElement<InMemDicomObject>>) -> InMemDicomObject {
-    let mut v = vec![el(tags::RELATIONSHIP_TYPE, VR::CS, rel), el(tags::VALUE_TYPE, VR::CS, vt), concept(name.0, name.1, name.2)];
+fn item(
+    rel: &str,
+    vt: &str,
+    name: (&str, &str, &str),
+    mut rest: Vec<DataElement<InMemDicomObject>>,
+) -> InMemDicomObject {
+    let mut v = vec![
+        el(tags::RELATIONSHIP_TYPE, VR::CS, rel),
+        el(tags::VALUE_TYPE, VR::CS, vt),
+        concept(name.0, name.1, name.2),
+    ];
     v.append(&mut rest);
     InMemDicomObject::from_element_iter(v)
 }
@@ -53,58 +65,96 @@ fn text(rel: &str, name: (&str, &str, &str), t: &str) -> InMemDicomObject {
     item(rel, "TEXT", name, vec![el(tags::TEXT_VALUE, VR::UT, t)])
 }
 
-fn container(rel: &str, name: (&str, &str, &str), children: Vec<InMemDicomObject>) -> InMemDicomObject {
+fn container(
+    rel: &str,
+    name: (&str, &str, &str),
+    children: Vec<InMemDicomObject>,
+) -> InMemDicomObject {
     item(
         rel,
         "CONTAINER",
         name,
-        vec![el(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"), seq(tags::CONTENT_SEQUENCE, children)],
+        vec![
+            el(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
+            seq(tags::CONTENT_SEQUENCE, children),
+        ],
     )
 }
 
 fn image_ref(info: &ImageInfo, frame: Option<u32>) -> InMemDicomObject {
     let mut v = vec![
-        el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, info.sop_class_uid.as_str()),
-        el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, info.sop_uid.as_str()),
+        el(
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            info.sop_class_uid.as_str(),
+        ),
+        el(
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            info.sop_uid.as_str(),
+        ),
     ];
     if let Some(f) = frame {
-        v.push(el(tags::REFERENCED_FRAME_NUMBER, VR::IS, (f + 1).to_string()));
+        v.push(el(
+            tags::REFERENCED_FRAME_NUMBER,
+            VR::IS,
+            (f + 1).to_string(),
+        ));
     }
     InMemDicomObject::from_element_iter(v)
 }
 
 /// Build the SR for `results` on the image `info` (frame for multi-frame images).
-pub fn build(results: &AiResults, info: &ImageInfo, frame: Option<u32>) -> Result<dicom_object::DefaultDicomObject, DicomError> {
+pub fn build(
+    results: &AiResults,
+    info: &ImageInfo,
+    frame: Option<u32>,
+) -> Result<dicom_object::DefaultDicomObject, DicomError> {
     if info.sop_uid.is_empty() || info.study_uid.is_empty() || info.sop_class_uid.is_empty() {
         return Err(DicomError::Unsupported(
             "a Structured Report needs a DICOM image to reference (this image has no UIDs)".into(),
         ));
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (date, time) = date_time(now);
     let sr_uid = new_uid();
     let series_uid = new_uid();
-    let device = format!("lofi-viewer {} ({})", env!("CARGO_PKG_VERSION"), results.model);
+    let device = format!(
+        "lofi-viewer {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        results.model
+    );
     let mut groups = Vec::new();
     let mut n = 0;
     for f in &results.findings {
         for b in &f.boxes {
             n += 1;
-            let graphic: Vec<f32> = vec![b.x1, b.y1, b.x2, b.y1, b.x2, b.y2, b.x1, b.y2, b.x1, b.y1];
+            let graphic: Vec<f32> =
+                vec![b.x1, b.y1, b.x2, b.y1, b.x2, b.y2, b.x1, b.y2, b.x1, b.y1];
             let scoord = item(
                 "CONTAINS",
                 "SCOORD",
                 ("111030", "DCM", "Image Region"),
                 vec![
                     el(tags::GRAPHIC_TYPE, VR::CS, "POLYLINE"),
-                    DataElement::new(tags::GRAPHIC_DATA, VR::FL, PrimitiveValue::F32(graphic.into())),
+                    DataElement::new(
+                        tags::GRAPHIC_DATA,
+                        VR::FL,
+                        PrimitiveValue::F32(graphic.into()),
+                    ),
                     seq(
                         tags::CONTENT_SEQUENCE,
                         vec![item(
                             "SELECTED FROM",
                             "IMAGE",
                             ("260753009", "SCT", "Source"),
-                            vec![seq(tags::REFERENCED_SOP_SEQUENCE, vec![image_ref(info, frame)])],
+                            vec![seq(
+                                tags::REFERENCED_SOP_SEQUENCE,
+                                vec![image_ref(info, frame)],
+                            )],
                         )],
                     ),
                 ],
@@ -113,7 +163,11 @@ pub fn build(results: &AiResults, info: &ImageInfo, frame: Option<u32>) -> Resul
                 "CONTAINS",
                 ("125007", "DCM", "Measurement Group"),
                 vec![
-                    text("HAS OBS CONTEXT", ("112039", "DCM", "Tracking Identifier"), &format!("AI finding {n}")),
+                    text(
+                        "HAS OBS CONTEXT",
+                        ("112039", "DCM", "Tracking Identifier"),
+                        &format!("AI finding {n}"),
+                    ),
                     item(
                         "HAS OBS CONTEXT",
                         "UIDREF",
@@ -136,13 +190,19 @@ pub fn build(results: &AiResults, info: &ImageInfo, frame: Option<u32>) -> Resul
             "HAS CONCEPT MOD",
             "CODE",
             ("121049", "DCM", "Language of Content Item and Descendants"),
-            vec![seq(tags::CONCEPT_CODE_SEQUENCE, vec![code("en-US", "RFC5646", "English (United States)")])],
+            vec![seq(
+                tags::CONCEPT_CODE_SEQUENCE,
+                vec![code("en-US", "RFC5646", "English (United States)")],
+            )],
         ),
         item(
             "HAS OBS CONTEXT",
             "CODE",
             ("121005", "DCM", "Observer Type"),
-            vec![seq(tags::CONCEPT_CODE_SEQUENCE, vec![code("121007", "DCM", "Device")])],
+            vec![seq(
+                tags::CONCEPT_CODE_SEQUENCE,
+                vec![code("121007", "DCM", "Device")],
+            )],
         ),
         item(
             "HAS OBS CONTEXT",
@@ -150,12 +210,19 @@ pub fn build(results: &AiResults, info: &ImageInfo, frame: Option<u32>) -> Resul
             ("121012", "DCM", "Device Observer UID"),
             vec![el(tags::UID, VR::UI, new_uid().as_str())],
         ),
-        text("HAS OBS CONTEXT", ("121013", "DCM", "Device Observer Name"), &device),
+        text(
+            "HAS OBS CONTEXT",
+            ("121013", "DCM", "Device Observer Name"),
+            &device,
+        ),
         item(
             "HAS CONCEPT MOD",
             "CODE",
             ("121058", "DCM", "Procedure reported"),
-            vec![seq(tags::CONCEPT_CODE_SEQUENCE, vec![code("363680008", "SCT", "Radiographic imaging procedure")])],
+            vec![seq(
+                tags::CONCEPT_CODE_SEQUENCE,
+                vec![code("363680008", "SCT", "Radiographic imaging procedure")],
+            )],
         ),
         container(
             "CONTAINS",
@@ -167,12 +234,23 @@ pub fn build(results: &AiResults, info: &ImageInfo, frame: Option<u32>) -> Resul
                     "CONTAINS",
                     "IMAGE",
                     ("260753009", "SCT", "Source"),
-                    vec![seq(tags::REFERENCED_SOP_SEQUENCE, vec![image_ref(info, frame)])],
+                    vec![seq(
+                        tags::REFERENCED_SOP_SEQUENCE,
+                        vec![image_ref(info, frame)],
+                    )],
                 )],
             )],
         ),
-        container("CONTAINS", ("126010", "DCM", "Imaging Measurements"), groups),
-        text("CONTAINS", ("121106", "DCM", "Comment"), &crate::report::disclaimer()),
+        container(
+            "CONTAINS",
+            ("126010", "DCM", "Imaging Measurements"),
+            groups,
+        ),
+        text(
+            "CONTAINS",
+            ("121106", "DCM", "Comment"),
+            &crate::report::disclaimer(),
+        ),
     ];
     let evidence = InMemDicomObject::from_element_iter([
         el(tags::STUDY_INSTANCE_UID, VR::UI, info.study_uid.as_str()),
@@ -196,8 +274,16 @@ pub fn build(results: &AiResults, info: &ImageInfo, frame: Option<u32>) -> Resul
         el(tags::MODALITY, VR::CS, "SR"),
         el(tags::MANUFACTURER, VR::LO, "lofi-viewer"),
         el(tags::REFERRING_PHYSICIAN_NAME, VR::PN, ""),
-        el(tags::SERIES_DESCRIPTION, VR::LO, "AI findings (not for diagnostic use)"),
-        el(tags::PATIENT_NAME, VR::PN, info.patient_name.replace(' ', "^").as_str()),
+        el(
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            "AI findings (not for diagnostic use)",
+        ),
+        el(
+            tags::PATIENT_NAME,
+            VR::PN,
+            info.patient_name.replace(' ', "^").as_str(),
+        ),
         el(tags::PATIENT_ID, VR::LO, info.patient_id.as_str()),
         el(tags::PATIENT_BIRTH_DATE, VR::DA, ""),
         el(tags::PATIENT_SEX, VR::CS, ""),
@@ -218,21 +304,31 @@ pub fn build(results: &AiResults, info: &ImageInfo, frame: Option<u32>) -> Resul
         ),
         el(tags::COMPLETION_FLAG, VR::CS, "PARTIAL"),
         el(tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
-        seq(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![evidence]),
+        seq(
+            tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+            vec![evidence],
+        ),
         seq(tags::CONTENT_SEQUENCE, content),
     ]);
     let meta = FileMetaTableBuilder::new()
         .transfer_syntax("1.2.840.10008.1.2.1")
         .media_storage_sop_class_uid(COMPREHENSIVE_SR)
         .media_storage_sop_instance_uid(sr_uid.as_str());
-    ds.with_meta(meta).map_err(|e| DicomError::Parse(e.to_string()))
+    ds.with_meta(meta)
+        .map_err(|e| DicomError::Parse(e.to_string()))
 }
 
 /// Write the SR to `path` atomically.
-pub fn write(results: &AiResults, info: &ImageInfo, frame: Option<u32>, path: &std::path::Path) -> Result<(), DicomError> {
+pub fn write(
+    results: &AiResults,
+    info: &ImageInfo,
+    frame: Option<u32>,
+    path: &std::path::Path,
+) -> Result<(), DicomError> {
     let obj = build(results, info, frame)?;
     let mut bytes = Vec::new();
-    obj.write_all(&mut bytes).map_err(|e| DicomError::Parse(e.to_string()))?;
+    obj.write_all(&mut bytes)
+        .map_err(|e| DicomError::Parse(e.to_string()))?;
     crate::util::atomic_write(path, &bytes).map_err(|e| DicomError::Io {
         what: format!("writing {}", path.display()),
         source: e,
@@ -253,7 +349,10 @@ fn date_time(secs: u64) -> (String, String) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    (format!("{y:04}{m:02}{d:02}"), format!("{:02}{:02}{:02}", rem / 3600, (rem / 60) % 60, rem % 60))
+    (
+        format!("{y:04}{m:02}{d:02}"),
+        format!("{:02}{:02}{:02}", rem / 3600, (rem / 60) % 60, rem % 60),
+    )
 }
 
 #[cfg(test)]

@@ -42,7 +42,12 @@ impl Mean {
     fn get(&self) -> Option<NormBox> {
         (self.n > 0).then(|| {
             let n = self.n as f64;
-            [self.sum[0] / n, self.sum[1] / n, self.sum[2] / n, self.sum[3] / n]
+            [
+                self.sum[0] / n,
+                self.sum[1] / n,
+                self.sum[2] / n,
+                self.sum[3] / n,
+            ]
         })
     }
 }
@@ -59,7 +64,10 @@ impl Priors {
     pub fn add(&mut self, finding: &str, phrase: &str, b: NormBox) {
         self.class.entry(finding.to_string()).or_default().add(b);
         let (s, z) = side_zone(phrase);
-        self.phrase.entry((finding.to_string(), s, z)).or_default().add(b);
+        self.phrase
+            .entry((finding.to_string(), s, z))
+            .or_default()
+            .add(b);
     }
 
     /// Mean box of the finding.
@@ -94,8 +102,14 @@ mod tests {
 
     #[test]
     fn side_zone_words() {
-        assert_eq!(side_zone("right middle zone atelectasis"), ("right".into(), "middle".into()));
-        assert_eq!(side_zone("Left pleural effusion"), ("left".into(), "".into()));
+        assert_eq!(
+            side_zone("right middle zone atelectasis"),
+            ("right".into(), "middle".into())
+        );
+        assert_eq!(
+            side_zone("Left pleural effusion"),
+            ("left".into(), "".into())
+        );
         assert_eq!(side_zone("cardiomegaly"), ("".into(), "".into()));
     }
 
@@ -110,7 +124,10 @@ mod tests {
         let l = p.phrase_prior("Effusion", "left pleural effusion").unwrap();
         assert!((l[1] - 0.65).abs() < 1e-12);
         // no location words → class prior
-        assert_eq!(p.phrase_prior("Effusion", "pleural effusion"), p.class_prior("Effusion"));
+        assert_eq!(
+            p.phrase_prior("Effusion", "pleural effusion"),
+            p.class_prior("Effusion")
+        );
         assert!(p.class_prior("Mass").is_none());
     }
 }

@@ -106,15 +106,31 @@ pub struct GroundingScore {
 pub fn score(queries: &[Query]) -> GroundingScore {
     let n = queries.len();
     let ious: Vec<f32> = queries.iter().map(Query::top_iou).collect();
-    let mean = |v: &[f32]| if v.is_empty() { 0.0 } else { v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64 };
-    let acc = |v: &[f32], t: f32| if v.is_empty() { 0.0 } else { v.iter().filter(|x| **x >= t).count() as f64 / v.len() as f64 };
+    let mean = |v: &[f32]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64
+        }
+    };
+    let acc = |v: &[f32], t: f32| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().filter(|x| **x >= t).count() as f64 / v.len() as f64
+        }
+    };
     let (mut tp, mut np, mut ng) = (0usize, 0usize, 0usize);
     for q in queries {
         tp += greedy_matches(&q.pred, &q.gt, 0.5);
         np += q.pred.len();
         ng += q.gt.len();
     }
-    let f1 = if np + ng > 0 { 2.0 * tp as f64 / (np + ng) as f64 } else { 0.0 };
+    let f1 = if np + ng > 0 {
+        2.0 * tp as f64 / (np + ng) as f64
+    } else {
+        0.0
+    };
     let mut per: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for (q, i) in queries.iter().zip(&ious) {
         per.entry(q.finding.clone()).or_default().push(*i);
@@ -169,10 +185,26 @@ mod tests {
     #[test]
     fn score_hand_made() {
         let q = vec![
-            Query { finding: "A".into(), pred: vec![[0., 0., 2., 2.]], gt: vec![[0., 0., 2., 2.]] },
-            Query { finding: "A".into(), pred: vec![[1., 0., 3., 2.]], gt: vec![[0., 0., 2., 2.]] },
-            Query { finding: "B".into(), pred: vec![], gt: vec![[0., 0., 2., 2.]] },
-            Query { finding: "B".into(), pred: vec![[5., 5., 6., 6.], [0., 0., 2., 2.]], gt: vec![[0., 0., 2., 2.]] },
+            Query {
+                finding: "A".into(),
+                pred: vec![[0., 0., 2., 2.]],
+                gt: vec![[0., 0., 2., 2.]],
+            },
+            Query {
+                finding: "A".into(),
+                pred: vec![[1., 0., 3., 2.]],
+                gt: vec![[0., 0., 2., 2.]],
+            },
+            Query {
+                finding: "B".into(),
+                pred: vec![],
+                gt: vec![[0., 0., 2., 2.]],
+            },
+            Query {
+                finding: "B".into(),
+                pred: vec![[5., 5., 6., 6.], [0., 0., 2., 2.]],
+                gt: vec![[0., 0., 2., 2.]],
+            },
         ];
         let s = score(&q);
         assert_eq!(s.n, 4);

@@ -15,7 +15,9 @@ use crate::model::{Lofi, ModelError};
 
 use self::baselines::{thumbnail_vector, Priors};
 use self::grounding::{score, PxBox, Query};
-use self::retrieval::{label_precision_at, same_patient_recall_at, text_to_image_precision_at, RetrievalScore};
+use self::retrieval::{
+    label_precision_at, same_patient_recall_at, text_to_image_precision_at, RetrievalScore,
+};
 
 /// Errors of evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +54,9 @@ impl std::str::FromStr for PhraseField {
         match s {
             "phrase" => Ok(Self::Phrase),
             "phrase_basic" => Ok(Self::PhraseBasic),
-            o => Err(format!("unknown phrase field {o:?} (phrase or phrase_basic)")),
+            o => Err(format!(
+                "unknown phrase field {o:?} (phrase or phrase_basic)"
+            )),
         }
     }
 }
@@ -95,11 +99,16 @@ fn load(m: &Manifest, r: &Record) -> Result<image::GrayImage, EvalError> {
 }
 
 /// Encoded images of a manifest (batches of 8).
-pub fn encode_all(lofi: &Lofi, m: &Manifest, progress: &dyn Fn(usize)) -> Result<(Vec<image::GrayImage>, Vec<EncodedImage>), EvalError> {
+pub fn encode_all(
+    lofi: &Lofi,
+    m: &Manifest,
+    progress: &dyn Fn(usize),
+) -> Result<(Vec<image::GrayImage>, Vec<EncodedImage>), EvalError> {
     let mut imgs = Vec::with_capacity(m.records.len());
     let mut enc = Vec::with_capacity(m.records.len());
     for chunk in m.records.chunks(8) {
-        let batch: Vec<image::GrayImage> = chunk.iter().map(|r| load(m, r)).collect::<Result<_, _>>()?;
+        let batch: Vec<image::GrayImage> =
+            chunk.iter().map(|r| load(m, r)).collect::<Result<_, _>>()?;
         let refs: Vec<&image::GrayImage> = batch.iter().collect();
         enc.extend(lofi.encode_batch(&refs)?);
         imgs.extend(batch);
@@ -119,7 +128,12 @@ impl ShotPool {
     pub fn new(lofi: &Lofi, m: &Manifest, field: PhraseField) -> Result<Self, EvalError> {
         let annotated = Manifest {
             base: m.base.clone(),
-            records: m.records.iter().filter(|r| !r.regions.is_empty()).cloned().collect(),
+            records: m
+                .records
+                .iter()
+                .filter(|r| !r.regions.is_empty())
+                .cloned()
+                .collect(),
         };
         let (_, enc) = encode_all(lofi, &annotated, &|_| {})?;
         Ok(Self {
@@ -134,13 +148,21 @@ impl ShotPool {
     }
 
     /// The `k` nearest cases (by image embedding) that show `finding`, as solved examples.
-    pub fn shots(&self, query: &EncodedImage, finding: &str, k: usize, exclude_patient: Option<&str>) -> Vec<Shot> {
+    pub fn shots(
+        &self,
+        query: &EncodedImage,
+        finding: &str,
+        k: usize,
+        exclude_patient: Option<&str>,
+    ) -> Vec<Shot> {
         let mut cands: Vec<(f32, usize)> = self
             .items
             .iter()
             .enumerate()
             .filter(|(_, (_, r))| r.regions.iter().any(|g| finding_of(g) == finding))
-            .filter(|(_, (_, r))| exclude_patient.is_none() || r.patient_id.as_deref() != exclude_patient)
+            .filter(|(_, (_, r))| {
+                exclude_patient.is_none() || r.patient_id.as_deref() != exclude_patient
+            })
             .map(|(i, (e, _))| (retrieval::dot(&query.embedding, &e.embedding), i))
             .collect();
         cands.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -206,7 +228,12 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
                 .map(|o| o.bbox)
                 .collect();
             let shots = match &pool {
-                Some(p) => p.shots(&enc[ri], &finding_of(g), opts.shots, r.patient_id.as_deref()),
+                Some(p) => p.shots(
+                    &enc[ri],
+                    &finding_of(g),
+                    opts.shots,
+                    r.patient_id.as_deref(),
+                ),
                 None => Vec::new(),
             };
             let pred: Vec<PxBox> = lofi
@@ -278,12 +305,32 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
                 for g in &r.regions {
                     let phrase = phrase_of(g, opts.phrase_field);
                     let f = finding_of(g);
-                    let nb = if phrase_level { priors.phrase_prior(&f, &phrase) } else { priors.class_prior(&f) };
+                    let nb = if phrase_level {
+                        priors.phrase_prior(&f, &phrase)
+                    } else {
+                        priors.class_prior(&f)
+                    };
                     let pred = nb
-                        .map(|b| vec![[(b[0] * w) as f32, (b[1] * h) as f32, (b[2] * w) as f32, (b[3] * h) as f32]])
+                        .map(|b| {
+                            vec![[
+                                (b[0] * w) as f32,
+                                (b[1] * h) as f32,
+                                (b[2] * w) as f32,
+                                (b[3] * h) as f32,
+                            ]]
+                        })
                         .unwrap_or_default();
-                    let gt = r.regions.iter().filter(|o| phrase_of(o, opts.phrase_field) == phrase).map(|o| o.bbox).collect();
-                    qs.push(Query { finding: f, pred, gt });
+                    let gt = r
+                        .regions
+                        .iter()
+                        .filter(|o| phrase_of(o, opts.phrase_field) == phrase)
+                        .map(|o| o.bbox)
+                        .collect();
+                    qs.push(Query {
+                        finding: f,
+                        pred,
+                        gt,
+                    });
                 }
             }
             base.insert(name.into(), json!({"grounding": score(&qs)}));
@@ -320,7 +367,12 @@ pub fn priors_from(train: &Manifest) -> Result<Priors, EvalError> {
             p.add(
                 &finding_of(g),
                 &g.phrase,
-                [b[0] as f64 / w, b[1] as f64 / h, b[2] as f64 / w, b[3] as f64 / h],
+                [
+                    b[0] as f64 / w,
+                    b[1] as f64 / h,
+                    b[2] as f64 / w,
+                    b[3] as f64 / h,
+                ],
             );
         }
     }

@@ -28,7 +28,10 @@ pub fn label_precision_at(emb: &[Vec<f32>], labels: &[Vec<String>], k: usize) ->
     let mut s = 0.0;
     for (i, q) in emb.iter().enumerate() {
         let nn = nearest(q, emb, k, Some(i));
-        let hit = nn.iter().filter(|&&j| labels[j].iter().any(|l| labels[i].contains(l))).count();
+        let hit = nn
+            .iter()
+            .filter(|&&j| labels[j].iter().any(|l| labels[i].contains(l)))
+            .count();
         s += hit as f64 / nn.len().max(1) as f64;
     }
     s / emb.len() as f64
@@ -39,11 +42,18 @@ pub fn same_patient_recall_at(emb: &[Vec<f32>], patients: &[String], k: usize) -
     let mut n = 0;
     let mut hit = 0;
     for (i, q) in emb.iter().enumerate() {
-        if !patients.iter().enumerate().any(|(j, p)| j != i && *p == patients[i]) {
+        if !patients
+            .iter()
+            .enumerate()
+            .any(|(j, p)| j != i && *p == patients[i])
+        {
             continue;
         }
         n += 1;
-        if nearest(q, emb, k, Some(i)).iter().any(|&j| patients[j] == patients[i]) {
+        if nearest(q, emb, k, Some(i))
+            .iter()
+            .any(|&j| patients[j] == patients[i])
+        {
             hit += 1;
         }
     }
@@ -55,7 +65,12 @@ pub fn same_patient_recall_at(emb: &[Vec<f32>], patients: &[String], k: usize) -
 }
 
 /// Mean over findings of the share of the `k` images nearest to the finding's text that carry it.
-pub fn text_to_image_precision_at(text_emb: &[(String, Vec<f32>)], emb: &[Vec<f32>], carries: &dyn Fn(usize, &str) -> bool, k: usize) -> f64 {
+pub fn text_to_image_precision_at(
+    text_emb: &[(String, Vec<f32>)],
+    emb: &[Vec<f32>],
+    carries: &dyn Fn(usize, &str) -> bool,
+    k: usize,
+) -> f64 {
     if text_emb.is_empty() {
         return 0.0;
     }
@@ -92,8 +107,18 @@ mod tests {
 
     #[test]
     fn hand_made_retrieval() {
-        let emb = vec![e(&[1.0, 0.0]), e(&[0.9, 0.1]), e(&[0.0, 1.0]), e(&[0.1, 0.9])];
-        let labels: Vec<Vec<String>> = vec![vec!["a".into()], vec!["a".into()], vec!["b".into()], vec!["a".into()]];
+        let emb = vec![
+            e(&[1.0, 0.0]),
+            e(&[0.9, 0.1]),
+            e(&[0.0, 1.0]),
+            e(&[0.1, 0.9]),
+        ];
+        let labels: Vec<Vec<String>> = vec![
+            vec!["a".into()],
+            vec!["a".into()],
+            vec!["b".into()],
+            vec!["a".into()],
+        ];
         // k = 1: 0→1 (a,a ✓), 1→0 ✓, 2→3 (b vs a ✗), 3→2 ✗
         assert!((label_precision_at(&emb, &labels, 1) - 0.5).abs() < 1e-9);
         let pats: Vec<String> = vec!["p".into(), "q".into(), "p".into(), "r".into()];
@@ -102,7 +127,10 @@ mod tests {
         // at k = 3 both do
         assert_eq!(same_patient_recall_at(&emb, &pats, 3), 1.0);
         let carries = |j: usize, f: &str| labels[j].iter().any(|l| l == f);
-        let t = vec![("a".to_string(), e(&[1.0, 0.0])), ("b".to_string(), e(&[0.0, 1.0]))];
+        let t = vec![
+            ("a".to_string(), e(&[1.0, 0.0])),
+            ("b".to_string(), e(&[0.0, 1.0])),
+        ];
         // a: nearest 2 = {0, 1} both a → 1; b: {2, 3} one b → 0.5
         assert!((text_to_image_precision_at(&t, &emb, &carries, 2) - 0.75).abs() < 1e-9);
     }

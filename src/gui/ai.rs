@@ -62,8 +62,15 @@ pub struct UsedCase {
 enum AiEvent {
     Model(Result<Arc<Lofi>, String>),
     Store(Result<Arc<dyn PriorStore>, String>),
-    Result { key: String, finding: AiFinding, used: Vec<(RecordInfo, f32, Option<Vec<u8>>)> },
-    Encoded { key: String, enc: EncodedImage },
+    Result {
+        key: String,
+        finding: AiFinding,
+        used: Vec<(RecordInfo, f32, Option<Vec<u8>>)>,
+    },
+    Encoded {
+        key: String,
+        enc: EncodedImage,
+    },
     Failed(String),
 }
 
@@ -157,7 +164,9 @@ impl AiState {
         self.model = None;
         self.model_status = format!("loading {}…", dir.display());
         jobs.spawn("ai-load-model", move |h| {
-            let r = Lofi::load(&dir, device).map(Arc::new).map_err(|e| format!("{}: {e}", dir.display()));
+            let r = Lofi::load(&dir, device)
+                .map(Arc::new)
+                .map_err(|e| format!("{}: {e}", dir.display()));
             h.send(JobEvent::Other(Box::new(AiEvent::Model(r))));
         });
     }
@@ -165,14 +174,18 @@ impl AiState {
     /// Open the prior-case store in the background.
     pub fn open_store(&mut self, jobs: &Jobs, spec: Option<String>) {
         jobs.spawn("ai-open-store", move |h| {
-            let r = crate::store::open(spec.as_deref()).map(Arc::from).map_err(|e| e.to_string());
+            let r = crate::store::open(spec.as_deref())
+                .map(Arc::from)
+                .map_err(|e| e.to_string());
             h.send(JobEvent::Other(Box::new(AiEvent::Store(r))));
         });
     }
 
     /// Take AI events out of the job stream; returns events that are not ours.
     pub fn handle(&mut self, ev: JobEvent, ctx: &egui::Context) -> Option<JobEvent> {
-        let JobEvent::Other(b) = ev else { return Some(ev) };
+        let JobEvent::Other(b) = ev else {
+            return Some(ev);
+        };
         let b = match b.downcast::<AiEvent>() {
             Ok(e) => e,
             Err(other) => return Some(JobEvent::Other(other)),
@@ -187,7 +200,10 @@ impl AiState {
                 self.model_status = format!("model not loaded: {e}");
             }
             AiEvent::Store(Ok(s)) => {
-                self.annotated = s.records().map(|r| r.iter().filter(|x| !x.regions.is_empty()).count()).unwrap_or(0);
+                self.annotated = s
+                    .records()
+                    .map(|r| r.iter().filter(|x| !x.regions.is_empty()).count())
+                    .unwrap_or(0);
                 self.store = Some(s);
             }
             AiEvent::Store(Err(e)) => self.message = Some(format!("prior-case store: {e}")),
@@ -197,19 +213,36 @@ impl AiState {
                 if finding.source == Source::Grounding {
                     self.used = used
                         .into_iter()
-                        .map(|(record, score, png)| UsedCase { record, score, thumb: None, thumb_png: png })
+                        .map(|(record, score, png)| UsedCase {
+                            record,
+                            score,
+                            thumb: None,
+                            thumb_png: png,
+                        })
                         .collect();
                     for u in &mut self.used {
-                        if let Some(img) = u.thumb_png.take().and_then(|p| image::load_from_memory(&p).ok()) {
+                        if let Some(img) = u
+                            .thumb_png
+                            .take()
+                            .and_then(|p| image::load_from_memory(&p).ok())
+                        {
                             let g = img.to_luma8();
-                            let ci = egui::ColorImage::from_gray([g.width() as usize, g.height() as usize], g.as_raw());
-                            u.thumb = Some(ctx.load_texture(format!("case-{}", u.record.id), ci, egui::TextureOptions::LINEAR));
+                            let ci = egui::ColorImage::from_gray(
+                                [g.width() as usize, g.height() as usize],
+                                g.as_raw(),
+                            );
+                            u.thumb = Some(ctx.load_texture(
+                                format!("case-{}", u.record.id),
+                                ci,
+                                egui::TextureOptions::LINEAR,
+                            ));
                         }
                     }
                 }
                 if let Some(r) = self.results.get_mut(&key) {
                     // a new answer for the same phrase replaces the old one
-                    r.findings.retain(|f| !(f.phrase == finding.phrase && f.source == finding.source));
+                    r.findings
+                        .retain(|f| !(f.phrase == finding.phrase && f.source == finding.source));
                     r.findings.push(finding);
                 }
                 self.save(&key);
@@ -224,7 +257,10 @@ impl AiState {
 
     fn results_path(&self, key: &str) -> Option<PathBuf> {
         let dir = self.results_dir.as_ref()?;
-        Some(dir.join(format!("{:016x}.json", crate::manifest::fnv64(0, key.as_bytes()))))
+        Some(dir.join(format!(
+            "{:016x}.json",
+            crate::manifest::fnv64(0, key.as_bytes())
+        )))
     }
 
     /// Persist an image's results (review states survive restarts).
@@ -248,7 +284,11 @@ impl AiState {
             .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice::<AiResults>(&b).ok());
         let r = restored.unwrap_or_else(|| AiResults {
-            model: self.model.as_ref().map(|m| m.model_id()).unwrap_or_default(),
+            model: self
+                .model
+                .as_ref()
+                .map(|m| m.model_id())
+                .unwrap_or_default(),
             width,
             height,
             sop_uid: key.to_string(),
@@ -258,7 +298,14 @@ impl AiState {
         self.results.insert(key.to_string(), r);
     }
 
-    fn start(&mut self, jobs: &Jobs, what: String, key: String, gray: Arc<image::GrayImage>, task: Task) {
+    fn start(
+        &mut self,
+        jobs: &Jobs,
+        what: String,
+        key: String,
+        gray: Arc<image::GrayImage>,
+        task: Task,
+    ) {
         let Some(model) = self.model.clone() else {
             self.message = Some(format!("no model: {}", self.model_status));
             return;
@@ -267,9 +314,16 @@ impl AiState {
             r.cancel.cancel();
         }
         let cancel = Cancel::new();
-        self.running = Some(Running { what, cancel: cancel.clone() });
+        self.running = Some(Running {
+            what,
+            cancel: cancel.clone(),
+        });
         self.message = None;
-        let cached = self.encoded.as_ref().filter(|(k, _)| *k == key).map(|(_, e)| e.clone());
+        let cached = self
+            .encoded
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, e)| e.clone());
         let store = self.store.clone();
         let (use_icl, k) = (self.use_icl && self.annotated > 0, self.shots);
         let name = match task {
@@ -284,29 +338,49 @@ impl AiState {
                     Some(e) => e,
                     None => {
                         let e = lofi.encode(&gray).map_err(|e| e.to_string())?;
-                        h.send(JobEvent::Other(Box::new(AiEvent::Encoded { key: key.clone(), enc: e.clone() })));
+                        h.send(JobEvent::Other(Box::new(AiEvent::Encoded {
+                            key: key.clone(),
+                            enc: e.clone(),
+                        })));
                         e
                     }
                 };
                 match task {
                     Task::Ground(phrase) => {
                         let icl = match (use_icl, store.as_deref()) {
-                            (true, Some(s)) => crate::store::icl_shots(&lofi, s, &enc, &phrase, k, None).map_err(|e| e.to_string())?,
+                            (true, Some(s)) => {
+                                crate::store::icl_shots(&lofi, s, &enc, &phrase, k, None)
+                                    .map_err(|e| e.to_string())?
+                            }
                             _ => Vec::new(),
                         };
                         let shots: Vec<_> = icl.iter().map(|s| s.shot.clone()).collect();
-                        let boxes = lofi.ground(&enc, &phrase, &shots).map_err(|e| e.to_string())?;
+                        let boxes = lofi
+                            .ground(&enc, &phrase, &shots)
+                            .map_err(|e| e.to_string())?;
                         let used = icl
                             .into_iter()
                             .map(|s| {
-                                let png = store.as_deref().and_then(|st| st.thumbnail(s.record.id).ok().flatten());
+                                let png = store
+                                    .as_deref()
+                                    .and_then(|st| st.thumbnail(s.record.id).ok().flatten());
                                 (s.record, s.score, png)
                             })
                             .collect();
                         Ok((
                             AiFinding {
                                 phrase,
-                                boxes: boxes.into_iter().map(|b| AiBox { x1: b.x1, y1: b.y1, x2: b.x2, y2: b.y2, score: b.score, review: Review::Pending }).collect(),
+                                boxes: boxes
+                                    .into_iter()
+                                    .map(|b| AiBox {
+                                        x1: b.x1,
+                                        y1: b.y1,
+                                        x2: b.x2,
+                                        y2: b.y2,
+                                        score: b.score,
+                                        review: Review::Pending,
+                                    })
+                                    .collect(),
                                 source: Source::Grounding,
                                 shots: shots.len(),
                             },
@@ -315,21 +389,57 @@ impl AiState {
                     }
                     Task::FindAll => {
                         let regions = lofi.findings(&enc).map_err(|e| e.to_string())?;
-                        let boxes = regions.iter().map(|r| AiBox { x1: r.x1, y1: r.y1, x2: r.x2, y2: r.y2, score: r.score, review: Review::Pending }).collect();
+                        let boxes = regions
+                            .iter()
+                            .map(|r| AiBox {
+                                x1: r.x1,
+                                y1: r.y1,
+                                x2: r.x2,
+                                y2: r.y2,
+                                score: r.score,
+                                review: Review::Pending,
+                            })
+                            .collect();
                         let phrase = if regions.is_empty() {
                             "find all: nothing reported".to_string()
                         } else {
-                            format!("find all: {}", regions.iter().map(|r| r.phrase.as_str()).collect::<Vec<_>>().join(", "))
+                            format!(
+                                "find all: {}",
+                                regions
+                                    .iter()
+                                    .map(|r| r.phrase.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
                         };
-                        Ok((AiFinding { phrase, boxes, source: Source::FindAll, shots: 0 }, Vec::new()))
+                        Ok((
+                            AiFinding {
+                                phrase,
+                                boxes,
+                                source: Source::FindAll,
+                                shots: 0,
+                            },
+                            Vec::new(),
+                        ))
                     }
                     Task::Describe(b) => {
                         let text = lofi.describe(&enc, b).map_err(|e| e.to_string())?;
-                        let text = if text.is_empty() { "(no description)".to_string() } else { text };
+                        let text = if text.is_empty() {
+                            "(no description)".to_string()
+                        } else {
+                            text
+                        };
                         Ok((
                             AiFinding {
                                 phrase: text,
-                                boxes: vec![AiBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3], score: 1.0, review: Review::Pending }],
+                                boxes: vec![AiBox {
+                                    x1: b[0],
+                                    y1: b[1],
+                                    x2: b[2],
+                                    y2: b[3],
+                                    score: 1.0,
+                                    review: Review::Pending,
+                                }],
                                 source: Source::Described,
                                 shots: 0,
                             },
@@ -339,15 +449,27 @@ impl AiState {
                 }
             };
             match run() {
-                Ok((finding, used)) => h.send(JobEvent::Other(Box::new(AiEvent::Result { key, finding, used }))),
-                Err(e) if e == "cancelled" => h.send(JobEvent::Other(Box::new(AiEvent::Failed("cancelled".into())))),
+                Ok((finding, used)) => h.send(JobEvent::Other(Box::new(AiEvent::Result {
+                    key,
+                    finding,
+                    used,
+                }))),
+                Err(e) if e == "cancelled" => h.send(JobEvent::Other(Box::new(AiEvent::Failed(
+                    "cancelled".into(),
+                )))),
                 Err(e) => h.send(JobEvent::Other(Box::new(AiEvent::Failed(e)))),
             }
         });
     }
 
     /// Ground `phrase` on the image.
-    pub fn ground(&mut self, jobs: &Jobs, key: String, gray: Arc<image::GrayImage>, phrase: String) {
+    pub fn ground(
+        &mut self,
+        jobs: &Jobs,
+        key: String,
+        gray: Arc<image::GrayImage>,
+        phrase: String,
+    ) {
         let phrase = phrase.trim().to_string();
         if phrase.is_empty() {
             return;
@@ -355,7 +477,13 @@ impl AiState {
         self.history.retain(|h| *h != phrase);
         self.history.insert(0, phrase.clone());
         self.history.truncate(50);
-        self.start(jobs, format!("grounding “{phrase}”"), key, gray, Task::Ground(phrase));
+        self.start(
+            jobs,
+            format!("grounding “{phrase}”"),
+            key,
+            gray,
+            Task::Ground(phrase),
+        );
     }
 
     /// Dense captioning of the whole image.
@@ -365,7 +493,13 @@ impl AiState {
 
     /// Describe a region (image pixels).
     pub fn describe(&mut self, jobs: &Jobs, key: String, gray: Arc<image::GrayImage>, b: [f32; 4]) {
-        self.start(jobs, "describing the region".into(), key, gray, Task::Describe(b));
+        self.start(
+            jobs,
+            "describing the region".into(),
+            key,
+            gray,
+            Task::Describe(b),
+        );
     }
 
     /// Completions for the typed text: known phrases and history that contain it.
@@ -375,7 +509,12 @@ impl AiState {
             return Vec::new();
         }
         let mut out: Vec<String> = Vec::new();
-        for c in self.history.iter().map(String::as_str).chain(KNOWN_PHRASES.iter().copied()) {
+        for c in self
+            .history
+            .iter()
+            .map(String::as_str)
+            .chain(KNOWN_PHRASES.iter().copied())
+        {
             if c.to_lowercase().contains(&t) && c != t && !out.iter().any(|o| o == c) {
                 out.push(c.to_string());
             }
@@ -392,26 +531,45 @@ enum Task {
 }
 
 /// Screen polygon of an image-space box (follows rotation and flips).
-pub fn box_on_screen(view: &super::view::ViewTransform, rect: Rect, size: Vec2, b: &AiBox) -> [Pos2; 4] {
+pub fn box_on_screen(
+    view: &super::view::ViewTransform,
+    rect: Rect,
+    size: Vec2,
+    b: &AiBox,
+) -> [Pos2; 4] {
     let f = |x: f32, y: f32| view.image_to_screen(rect, size, Pos2::new(x, y));
     [f(b.x1, b.y1), f(b.x2, b.y1), f(b.x2, b.y2), f(b.x1, b.y2)]
 }
 
 /// Draw the AI layer of an image.
-pub fn overlay(painter: &egui::Painter, view: &super::view::ViewTransform, rect: Rect, size: Vec2, r: &AiResults, opacity: f32, selected: Option<(usize, usize)>) {
+pub fn overlay(
+    painter: &egui::Painter,
+    view: &super::view::ViewTransform,
+    rect: Rect,
+    size: Vec2,
+    r: &AiResults,
+    opacity: f32,
+    selected: Option<(usize, usize)>,
+) {
     let mut any = false;
     for (fi, f) in r.findings.iter().enumerate() {
         let base = PALETTE[fi % PALETTE.len()];
         for (bi, b) in f.boxes.iter().enumerate() {
             any = true;
-            let alpha = if b.review == Review::Rejected { 0.3 * opacity } else { opacity };
+            let alpha = if b.review == Review::Rejected {
+                0.3 * opacity
+            } else {
+                opacity
+            };
             let col = base.gamma_multiply(alpha);
             let pts = box_on_screen(view, rect, size, b);
             let width = if selected == Some((fi, bi)) { 3.5 } else { 2.0 };
             let mut closed = pts.to_vec();
             closed.push(pts[0]);
             painter.add(egui::Shape::line(closed, egui::Stroke::new(width, col)));
-            let top_left = pts.iter().fold(Pos2::new(f32::MAX, f32::MAX), |a, p| Pos2::new(a.x.min(p.x), a.y.min(p.y)));
+            let top_left = pts.iter().fold(Pos2::new(f32::MAX, f32::MAX), |a, p| {
+                Pos2::new(a.x.min(p.x), a.y.min(p.y))
+            });
             let mark = match b.review {
                 Review::Accepted => " ✔",
                 Review::Rejected => " ✘",
@@ -424,13 +582,23 @@ pub fn overlay(painter: &egui::Painter, view: &super::view::ViewTransform, rect:
             };
             let galley = painter.layout_no_wrap(label, egui::FontId::proportional(13.0), col);
             let pos = top_left - Vec2::new(0.0, galley.size().y + 2.0);
-            painter.rect_filled(Rect::from_min_size(pos, galley.size()).expand(2.0), 2.0, Color32::from_black_alpha((160.0 * alpha) as u8));
+            painter.rect_filled(
+                Rect::from_min_size(pos, galley.size()).expand(2.0),
+                2.0,
+                Color32::from_black_alpha((160.0 * alpha) as u8),
+            );
             painter.galley(pos, galley, col);
         }
     }
     if any {
         let text = format!("{} · {}", crate::report::disclaimer(), r.model);
-        painter.text(rect.right_bottom() + Vec2::new(-8.0, -8.0), egui::Align2::RIGHT_BOTTOM, text, egui::FontId::proportional(12.0), Color32::from_rgb(255, 150, 120));
+        painter.text(
+            rect.right_bottom() + Vec2::new(-8.0, -8.0),
+            egui::Align2::RIGHT_BOTTOM,
+            text,
+            egui::FontId::proportional(12.0),
+            Color32::from_rgb(255, 150, 120),
+        );
     }
 }
 
@@ -470,7 +638,11 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
     ui.heading("AI findings");
     ui.horizontal(|ui| {
         ui.label(RichText::new(format!("Model: {}", ai.model_status)).strong());
-        if ui.small_button("Open model…").on_hover_text("Load another model folder").clicked() {
+        if ui
+            .small_button("Open model…")
+            .on_hover_text("Load another model folder")
+            .clicked()
+        {
             act.open_model = true;
         }
     });
@@ -490,7 +662,9 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
         act.ground = Some(ai.phrase.clone());
     }
     let comps = ai.completions();
-    if !comps.is_empty() && resp.has_focus() || (!comps.is_empty() && !ai.phrase.is_empty() && ai.running.is_none()) {
+    if !comps.is_empty() && resp.has_focus()
+        || (!comps.is_empty() && !ai.phrase.is_empty() && ai.running.is_none())
+    {
         ui.horizontal_wrapped(|ui| {
             for c in comps {
                 if ui.small_button(&c).clicked() {
@@ -504,17 +678,31 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
         if ui.button("Ground").clicked() {
             act.ground = Some(ai.phrase.clone());
         }
-        if ui.button("Find all").on_hover_text("Every finding the model reports").clicked() {
+        if ui
+            .button("Find all")
+            .on_hover_text("Every finding the model reports")
+            .clicked()
+        {
             act.find_all = true;
         }
-        ui.toggle_value(&mut ai.region_tool, "Describe region").on_hover_text("Drag a box on the image");
+        ui.toggle_value(&mut ai.region_tool, "Describe region")
+            .on_hover_text("Drag a box on the image");
     });
     ui.horizontal(|ui| {
         let enabled = ai.annotated > 0;
-        ui.add_enabled(enabled, egui::Checkbox::new(&mut ai.use_icl, "Learn from similar cases"))
-            .on_hover_text(format!("{} annotated prior cases in the store", ai.annotated))
-            .on_disabled_hover_text("The prior-case store holds no annotated cases");
-        ui.add_enabled(enabled && ai.use_icl, egui::Slider::new(&mut ai.shots, 1..=5).text("K"));
+        ui.add_enabled(
+            enabled,
+            egui::Checkbox::new(&mut ai.use_icl, "Learn from similar cases"),
+        )
+        .on_hover_text(format!(
+            "{} annotated prior cases in the store",
+            ai.annotated
+        ))
+        .on_disabled_hover_text("The prior-case store holds no annotated cases");
+        ui.add_enabled(
+            enabled && ai.use_icl,
+            egui::Slider::new(&mut ai.shots, 1..=5).text("K"),
+        );
     });
     if let Some(r) = &ai.running {
         ui.horizontal(|ui| {
@@ -539,35 +727,69 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
     };
     let selected = ai.selected;
     if let Some(results) = ai.results.get_mut(key) {
-        egui::ScrollArea::vertical().id_salt("ai-results").max_height(300.0).show(ui, |ui| {
-            for (fi, f) in results.findings.iter_mut().enumerate() {
-                let col = PALETTE[fi % PALETTE.len()];
-                ui.horizontal(|ui| {
-                    ui.label(RichText::new("■").color(col));
-                    let shots = if f.shots > 0 { format!(" (K = {})", f.shots) } else { String::new() };
-                    ui.label(RichText::new(format!("{}{}", f.phrase, shots)).strong());
-                });
-                if f.boxes.is_empty() {
-                    ui.label(RichText::new("   no box found").weak());
-                }
-                for (bi, b) in f.boxes.iter_mut().enumerate() {
+        egui::ScrollArea::vertical()
+            .id_salt("ai-results")
+            .max_height(300.0)
+            .show(ui, |ui| {
+                for (fi, f) in results.findings.iter_mut().enumerate() {
+                    let col = PALETTE[fi % PALETTE.len()];
                     ui.horizontal(|ui| {
-                        let text = format!("   box {} · score {:.2} · {:.0},{:.0}–{:.0},{:.0}", bi + 1, b.score, b.x1, b.y1, b.x2, b.y2);
-                        if ui.selectable_label(selected == Some((fi, bi)), text).clicked() {
-                            act.zoom_to = Some((fi, bi));
-                        }
-                        if ui.selectable_label(b.review == Review::Accepted, "✔").on_hover_text("Accept").clicked() {
-                            b.review = if b.review == Review::Accepted { Review::Pending } else { Review::Accepted };
-                            act.reviewed = true;
-                        }
-                        if ui.selectable_label(b.review == Review::Rejected, "✘").on_hover_text("Reject").clicked() {
-                            b.review = if b.review == Review::Rejected { Review::Pending } else { Review::Rejected };
-                            act.reviewed = true;
-                        }
+                        ui.label(RichText::new("■").color(col));
+                        let shots = if f.shots > 0 {
+                            format!(" (K = {})", f.shots)
+                        } else {
+                            String::new()
+                        };
+                        ui.label(RichText::new(format!("{}{}", f.phrase, shots)).strong());
                     });
+                    if f.boxes.is_empty() {
+                        ui.label(RichText::new("   no box found").weak());
+                    }
+                    for (bi, b) in f.boxes.iter_mut().enumerate() {
+                        ui.horizontal(|ui| {
+                            let text = format!(
+                                "   box {} · score {:.2} · {:.0},{:.0}–{:.0},{:.0}",
+                                bi + 1,
+                                b.score,
+                                b.x1,
+                                b.y1,
+                                b.x2,
+                                b.y2
+                            );
+                            if ui
+                                .selectable_label(selected == Some((fi, bi)), text)
+                                .clicked()
+                            {
+                                act.zoom_to = Some((fi, bi));
+                            }
+                            if ui
+                                .selectable_label(b.review == Review::Accepted, "✔")
+                                .on_hover_text("Accept")
+                                .clicked()
+                            {
+                                b.review = if b.review == Review::Accepted {
+                                    Review::Pending
+                                } else {
+                                    Review::Accepted
+                                };
+                                act.reviewed = true;
+                            }
+                            if ui
+                                .selectable_label(b.review == Review::Rejected, "✘")
+                                .on_hover_text("Reject")
+                                .clicked()
+                            {
+                                b.review = if b.review == Review::Rejected {
+                                    Review::Pending
+                                } else {
+                                    Review::Rejected
+                                };
+                                act.reviewed = true;
+                            }
+                        });
+                    }
                 }
-            }
-        });
+            });
         if !results.findings.is_empty() {
             ui.horizontal(|ui| {
                 ui.label("Export:");
@@ -596,7 +818,10 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
                     if let Some(t) = &u.thumb {
                         ui.add(egui::Image::new((t.id(), Vec2::new(72.0, 72.0))));
                     }
-                    ui.label(RichText::new(format!("{:.2} {}", u.score, u.record.labels.join(", "))).small());
+                    ui.label(
+                        RichText::new(format!("{:.2} {}", u.score, u.record.labels.join(", ")))
+                            .small(),
+                    );
                 });
             }
         });

@@ -195,6 +195,8 @@ pub struct LofiApp {
     scan_cancel: Option<Cancel>,
     /// AI state.
     pub ai: super::ai::AiState,
+    /// Similar-cases panel.
+    pub similar: super::similar::SimilarState,
     gray: HashMap<(PathBuf, usize), Arc<image::GrayImage>>,
     phrase_started: bool,
     png_export: Arc<Mutex<Option<Result<(), String>>>>,
@@ -218,7 +220,11 @@ fn image_key(path: &std::path::Path, frame: usize) -> u64 {
 
 impl LofiApp {
     /// Create the app (restores settings, registers the GPU pipeline, starts loading `args.paths`).
-    pub fn new(cc: &eframe::CreationContext<'_>, args: Args, outcome: Arc<Mutex<ShotOutcome>>) -> Self {
+    pub fn new(
+        cc: &eframe::CreationContext<'_>,
+        args: Args,
+        outcome: Arc<Mutex<ShotOutcome>>,
+    ) -> Self {
         let mut has_gpu = false;
         if let Some(rs) = cc.wgpu_render_state.as_ref() {
             let r = ImageRenderer::new(&rs.device, rs.target_format);
@@ -238,7 +244,12 @@ impl LofiApp {
     }
 
     /// Create without a window (tests drive it through egui_kittest).
-    pub fn with_context(ctx: egui::Context, settings: Settings, args: Args, outcome: Arc<Mutex<ShotOutcome>>) -> Self {
+    pub fn with_context(
+        ctx: egui::Context,
+        settings: Settings,
+        args: Args,
+        outcome: Arc<Mutex<ShotOutcome>>,
+    ) -> Self {
         let shot = args.screenshot.clone().map(|path| ShotState {
             path,
             ready_frames: 0,
@@ -262,6 +273,7 @@ impl LofiApp {
             progress: HashMap::new(),
             scan_cancel: None,
             ai: super::ai::AiState::default(),
+            similar: super::similar::SimilarState::default(),
             gray: HashMap::new(),
             phrase_started: false,
             png_export: Arc::new(Mutex::new(None)),
@@ -275,7 +287,8 @@ impl LofiApp {
         }
         app.ai.history = app.settings.ai_history.clone();
         if args.screenshot.is_none() {
-            app.ai.results_dir = Some(crate::store::default_location().with_file_name("ai-results"));
+            app.ai.results_dir =
+                Some(crate::store::default_location().with_file_name("ai-results"));
         }
         let model_dir = args
             .model
@@ -320,20 +333,38 @@ impl LofiApp {
 
     /// Zoom pane `idx` onto a box of its results.
     pub fn zoom_to(&mut self, idx: usize, fi: usize, bi: usize) {
-        let Some((key, _)) = self.model_input(idx) else { return };
-        let Some(b) = self.ai.results.get(&key).and_then(|r| r.findings.get(fi)).and_then(|f| f.boxes.get(bi)).cloned() else {
+        let Some((key, _)) = self.model_input(idx) else {
+            return;
+        };
+        let Some(b) = self
+            .ai
+            .results
+            .get(&key)
+            .and_then(|r| r.findings.get(fi))
+            .and_then(|f| f.boxes.get(bi))
+            .cloned()
+        else {
             return;
         };
         self.ai.selected = Some((fi, bi));
         let vp = &mut self.viewports[idx];
-        let (Some(rect), Some(img)) = (vp.rect, vp.image.as_ref()) else { return };
-        let Some(f) = img.frames.get(vp.frame) else { return };
+        let (Some(rect), Some(img)) = (vp.rect, vp.image.as_ref()) else {
+            return;
+        };
+        let Some(f) = img.frames.get(vp.frame) else {
+            return;
+        };
         let size = Vec2::new(f.width as f32, f.height as f32);
         let bw = vp.view.rotated_size(Vec2::new(b.x2 - b.x1, b.y2 - b.y1));
-        vp.view.zoom = (0.6 * (rect.width() / bw.x.max(1.0)).min(rect.height() / bw.y.max(1.0))).clamp(0.01, 64.0);
+        vp.view.zoom = (0.6 * (rect.width() / bw.x.max(1.0)).min(rect.height() / bw.y.max(1.0)))
+            .clamp(0.01, 64.0);
         vp.view.fit = false;
         vp.view.pan = Vec2::ZERO;
-        let c = vp.view.image_to_screen(rect, size, Pos2::new((b.x1 + b.x2) / 2.0, (b.y1 + b.y2) / 2.0));
+        let c = vp.view.image_to_screen(
+            rect,
+            size,
+            Pos2::new((b.x1 + b.x2) / 2.0, (b.y1 + b.y2) / 2.0),
+        );
         vp.view.pan = rect.center() - c;
     }
 
@@ -347,14 +378,18 @@ impl LofiApp {
 
     /// Export the active image's results as JSON.
     pub fn export_json(&self, path: &std::path::Path) -> Result<(), String> {
-        let r = self.current_results().ok_or("no AI results for this image")?;
+        let r = self
+            .current_results()
+            .ok_or("no AI results for this image")?;
         let s = serde_json::to_vec_pretty(&r.to_json()).map_err(|e| e.to_string())?;
         crate::util::atomic_write(path, &s).map_err(|e| e.to_string())
     }
 
     /// Export the active image's results as a DICOM Structured Report.
     pub fn export_sr(&self, path: &std::path::Path) -> Result<(), String> {
-        let r = self.current_results().ok_or("no AI results for this image")?;
+        let r = self
+            .current_results()
+            .ok_or("no AI results for this image")?;
         let vp = &self.viewports[self.active];
         let img = vp.image.as_ref().ok_or("no image")?;
         let frame = (img.frames.len() > 1).then_some(vp.frame as u32);
@@ -402,7 +437,9 @@ impl LofiApp {
         vp.loading = true;
         let p = path.clone();
         self.jobs.spawn("decode", move |h| {
-            let result = crate::dicom::load(&p).map(Arc::new).map_err(|e| e.to_string());
+            let result = crate::dicom::load(&p)
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
             h.send(JobEvent::Loaded { path: p, result });
         });
     }
@@ -445,7 +482,10 @@ impl LofiApp {
                         ((g.width() as f32 * s) as u32).max(1),
                         ((g.height() as f32 * s) as u32).max(1),
                     );
-                    egui::ColorImage::from_gray([t.width() as usize, t.height() as usize], t.as_raw())
+                    egui::ColorImage::from_gray(
+                        [t.width() as usize, t.height() as usize],
+                        t.as_raw(),
+                    )
                 });
                 h.send(JobEvent::Thumbnail { path: p, image });
             }
@@ -461,13 +501,37 @@ impl LofiApp {
             });
         }
         for ev in self.jobs.poll() {
-            let Some(ev) = self.ai.handle(ev, ctx) else { continue };
+            if self.similar.store_info.is_none() && !self.similar.info_pending {
+                if let Some(st) = self.ai.store.clone() {
+                    self.similar.refresh_info(&self.jobs, st);
+                }
+            }
+            let Some(ev) = self.ai.handle(ev, ctx) else {
+                continue;
+            };
+            let ev = match self.similar.handle(ev, ctx) {
+                Ok(folder) => {
+                    if let (Some(dir), Some(m), Some(st)) =
+                        (folder, self.ai.model.clone(), self.ai.store.clone())
+                    {
+                        self.similar.index_folder(&self.jobs, m, st, dir);
+                    }
+                    continue;
+                }
+                Err(ev) => ev,
+            };
             match ev {
                 JobEvent::Scanned(scan) => {
                     self.progress.remove("Scanning");
                     let first = scan.images().first().map(|i| i.path.clone());
                     if !scan.skipped.is_empty() {
-                        self.message = Some((format!("{} file(s) skipped (see the study browser)", scan.skipped.len()), false));
+                        self.message = Some((
+                            format!(
+                                "{} file(s) skipped (see the study browser)",
+                                scan.skipped.len()
+                            ),
+                            false,
+                        ));
                     }
                     merge_scan(&mut self.scan, scan);
                     self.start_thumbnails();
@@ -477,7 +541,8 @@ impl LofiApp {
                             Some(p) => self.show_file(a, p),
                             None => {
                                 self.viewports[a].loading = false;
-                                self.viewports[a].error = Some("no image found in what was opened".into());
+                                self.viewports[a].error =
+                                    Some("no image found in what was opened".into());
                             }
                         }
                     }
@@ -489,7 +554,7 @@ impl LofiApp {
                             if vp.path.as_ref() == Some(&path) {
                                 vp.image = Some(img.clone());
                                 vp.loading = false;
-                                                    }
+                            }
                         }
                     }
                     Err(e) => {
@@ -503,7 +568,9 @@ impl LofiApp {
                     }
                 },
                 JobEvent::Thumbnail { path, image } => {
-                    let tex = image.map(|i| ctx.load_texture(path.to_string_lossy(), i, egui::TextureOptions::LINEAR));
+                    let tex = image.map(|i| {
+                        ctx.load_texture(path.to_string_lossy(), i, egui::TextureOptions::LINEAR)
+                    });
                     self.thumbnails.insert(path, tex);
                 }
                 JobEvent::Progress { job, done, total } => {
@@ -541,12 +608,19 @@ impl LofiApp {
     /// range, then the user's presets.
     pub fn presets(&self, idx: usize) -> Vec<(String, Voi)> {
         let vp = &self.viewports[idx];
-        let Some(img) = vp.image.as_ref() else { return Vec::new() };
-        let Some(f) = img.frames.get(vp.frame) else { return Vec::new() };
+        let Some(img) = vp.image.as_ref() else {
+            return Vec::new();
+        };
+        let Some(f) = img.frames.get(vp.frame) else {
+            return Vec::new();
+        };
         let info = &img.info;
         let mut out = Vec::new();
         for (i, w) in info.windows.iter().enumerate() {
-            let name = w.explanation.clone().unwrap_or_else(|| format!("File window {}", i + 1));
+            let name = w
+                .explanation
+                .clone()
+                .unwrap_or_else(|| format!("File window {}", i + 1));
             out.push((
                 name,
                 Voi::Window {
@@ -557,7 +631,12 @@ impl LofiApp {
             ));
         }
         for (i, l) in info.voi_luts.iter().enumerate() {
-            out.push((l.explanation.clone().unwrap_or_else(|| format!("VOI LUT {}", i + 1)), Voi::Lut(i)));
+            out.push((
+                l.explanation
+                    .clone()
+                    .unwrap_or_else(|| format!("VOI LUT {}", i + 1)),
+                Voi::Lut(i),
+            ));
         }
         let (lo, hi) = f.min_max(crate::dicom::lut::padding_range(info));
         let (a, b) = (modality_value(lo, info), modality_value(hi, info));
@@ -652,7 +731,11 @@ impl LofiApp {
                 self.ai.region_tool = !self.ai.region_tool;
             }
             if i.key_pressed(Key::M) {
-                self.tool = if self.tool == Tool::Ruler { Tool::Pan } else { Tool::Ruler };
+                self.tool = if self.tool == Tool::Ruler {
+                    Tool::Pan
+                } else {
+                    Tool::Ruler
+                };
             }
             if i.key_pressed(Key::Space) {
                 vp.playing = !vp.playing;
@@ -664,7 +747,17 @@ impl LofiApp {
             if i.key_pressed(Key::ArrowLeft) && vp.frame > 0 {
                 vp.frame -= 1;
             }
-            let keys = [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6, Key::Num7, Key::Num8, Key::Num9];
+            let keys = [
+                Key::Num1,
+                Key::Num2,
+                Key::Num3,
+                Key::Num4,
+                Key::Num5,
+                Key::Num6,
+                Key::Num7,
+                Key::Num8,
+                Key::Num9,
+            ];
             for (k, key) in keys.iter().enumerate() {
                 if i.key_pressed(*key) {
                     if let Some((_, v)) = presets.get(k) {
@@ -688,7 +781,12 @@ impl LofiApp {
             self.active = idx;
         }
         if self.settings.two_up && self.active == idx {
-            painter.rect_stroke(rect.shrink(1.0), 0.0, (1.0, Color32::from_rgb(60, 120, 200)), egui::StrokeKind::Inside);
+            painter.rect_stroke(
+                rect.shrink(1.0),
+                0.0,
+                (1.0, Color32::from_rgb(60, 120, 200)),
+                egui::StrokeKind::Inside,
+            );
         }
         let vp = &mut self.viewports[idx];
         vp.rect = Some(rect);
@@ -700,8 +798,18 @@ impl LofiApp {
             } else {
                 "Drop DICOM files or folders here, or use File → Open".to_string()
             };
-            let color = if vp.error.is_some() { Color32::from_rgb(240, 120, 110) } else { Color32::GRAY };
-            painter.text(rect.center(), egui::Align2::CENTER_CENTER, text, egui::FontId::proportional(16.0), color);
+            let color = if vp.error.is_some() {
+                Color32::from_rgb(240, 120, 110)
+            } else {
+                Color32::GRAY
+            };
+            painter.text(
+                rect.center(),
+                egui::Align2::CENTER_CENTER,
+                text,
+                egui::FontId::proportional(16.0),
+                color,
+            );
             if vp.loading {
                 ui.ctx().request_repaint();
             }
@@ -741,7 +849,11 @@ impl LofiApp {
             let d = resp.drag_delta();
             if let Some(voi) = vp.current_voi() {
                 let (c, w, function) = match voi {
-                    Voi::Window { center, width, function } => (center, width, function),
+                    Voi::Window {
+                        center,
+                        width,
+                        function,
+                    } => (center, width, function),
                     Voi::Lut(_) => {
                         let p = self_presets_full_range(&img, vp.frame);
                         (p.0, p.1, VoiFunction::Linear)
@@ -758,7 +870,9 @@ impl LofiApp {
         }
         let ruler_mode = self.tool == Tool::Ruler || shift;
         let mut describe: Option<[f32; 4]> = None;
-        if self.ai.region_tool && (resp.dragged_by(egui::PointerButton::Primary) || resp.drag_stopped()) {
+        if self.ai.region_tool
+            && (resp.dragged_by(egui::PointerButton::Primary) || resp.drag_stopped())
+        {
             if let Some(p) = resp.interact_pointer_pos().or(resp.hover_pos()) {
                 let here = vp.view.screen_to_image(rect, size, p);
                 let start = match (resp.drag_started(), self.ai.drawing) {
@@ -769,24 +883,36 @@ impl LofiApp {
             }
             if resp.drag_stopped() {
                 if let Some([a, b]) = self.ai.drawing.take() {
-                    let (x1, x2) = (a.x.min(b.x).clamp(0.0, size.x), a.x.max(b.x).clamp(0.0, size.x));
-                    let (y1, y2) = (a.y.min(b.y).clamp(0.0, size.y), a.y.max(b.y).clamp(0.0, size.y));
+                    let (x1, x2) = (
+                        a.x.min(b.x).clamp(0.0, size.x),
+                        a.x.max(b.x).clamp(0.0, size.x),
+                    );
+                    let (y1, y2) = (
+                        a.y.min(b.y).clamp(0.0, size.y),
+                        a.y.max(b.y).clamp(0.0, size.y),
+                    );
                     if x2 - x1 > 2.0 && y2 - y1 > 2.0 {
                         describe = Some([x1, y1, x2, y2]);
                     }
                 }
             }
         } else if resp.dragged_by(egui::PointerButton::Primary) && ruler_mode {
-            if let (Some(o), Some(p)) = (resp.interact_pointer_pos(), resp.hover_pos().or(resp.interact_pointer_pos())) {
+            if let (Some(o), Some(p)) = (
+                resp.interact_pointer_pos(),
+                resp.hover_pos().or(resp.interact_pointer_pos()),
+            ) {
                 let start = o - resp.drag_delta();
                 let a = if resp.drag_started() {
                     vp.view.screen_to_image(rect, size, start)
                 } else {
-                    vp.ruler.map_or_else(|| vp.view.screen_to_image(rect, size, start), |r| r[0])
+                    vp.ruler
+                        .map_or_else(|| vp.view.screen_to_image(rect, size, start), |r| r[0])
                 };
                 vp.ruler = Some([a, vp.view.screen_to_image(rect, size, p)]);
             }
-        } else if resp.dragged_by(egui::PointerButton::Primary) || resp.dragged_by(egui::PointerButton::Middle) {
+        } else if resp.dragged_by(egui::PointerButton::Primary)
+            || resp.dragged_by(egui::PointerButton::Middle)
+        {
             vp.view.pan += resp.drag_delta();
             vp.view.fit = false;
             changed = true;
@@ -796,7 +922,10 @@ impl LofiApp {
             changed = true;
         }
         // draw the image through the shader
-        let key = image_key(vp.path.as_deref().unwrap_or(std::path::Path::new("")), vp.frame);
+        let key = image_key(
+            vp.path.as_deref().unwrap_or(std::path::Path::new("")),
+            vp.frame,
+        );
         if let (Some(params), true) = (vp.params(), self.has_gpu) {
             let mut u = Uniforms::new(&img.info, frame, &params).with_rgb_invert(params.invert);
             u.corners = vp.view.clip_corners(rect, size);
@@ -804,22 +933,37 @@ impl LofiApp {
             let cb = UploadingCallback {
                 slot: idx as u32,
                 image: (key, img.clone(), vp.frame),
-                draw: ImageCallback { slot: idx as u32, uniforms: u },
+                draw: ImageCallback {
+                    slot: idx as u32,
+                    uniforms: u,
+                },
             };
             painter.add(egui_wgpu_callback(rect, cb));
         }
         // AI layer (image coordinates: follows zoom, pan, rotation and flips)
-        let ai_key = super::ai::image_key(&img.info, vp.path.as_deref().unwrap_or(std::path::Path::new("")));
+        let ai_key = super::ai::image_key(
+            &img.info,
+            vp.path.as_deref().unwrap_or(std::path::Path::new("")),
+        );
         if self.ai.show_layer {
             if let Some(r) = self.ai.results.get(&ai_key) {
-                let sel = if self.active == idx { self.ai.selected } else { None };
+                let sel = if self.active == idx {
+                    self.ai.selected
+                } else {
+                    None
+                };
                 super::ai::overlay(&painter, &vp.view, rect, size, r, self.ai.opacity, sel);
             }
         }
         if let Some([a, b]) = self.ai.drawing {
             let pa = vp.view.image_to_screen(rect, size, a);
             let pb = vp.view.image_to_screen(rect, size, b);
-            painter.rect_stroke(Rect::from_two_pos(pa, pb), 0.0, (1.5, Color32::WHITE), egui::StrokeKind::Middle);
+            painter.rect_stroke(
+                Rect::from_two_pos(pa, pb),
+                0.0,
+                (1.5, Color32::WHITE),
+                egui::StrokeKind::Middle,
+            );
         }
         // overlays
         let info = &img.info;
@@ -847,13 +991,32 @@ impl LofiApp {
                 }
                 None => format!("{:.1} px (no pixel spacing)", (dx * dx + dy * dy).sqrt()),
             };
-            painter.text(sb + Vec2::new(8.0, -8.0), egui::Align2::LEFT_BOTTOM, label, egui::FontId::proportional(14.0), Color32::from_rgb(255, 210, 60));
+            painter.text(
+                sb + Vec2::new(8.0, -8.0),
+                egui::Align2::LEFT_BOTTOM,
+                label,
+                egui::FontId::proportional(14.0),
+                Color32::from_rgb(255, 210, 60),
+            );
         }
         let corner = |t: String, pos: Pos2, a: egui::Align2| {
-            painter.text(pos, a, t, egui::FontId::monospace(12.0), Color32::from_gray(220));
+            painter.text(
+                pos,
+                a,
+                t,
+                egui::FontId::monospace(12.0),
+                Color32::from_gray(220),
+            );
         };
-        let tl = format!("{}\n{} {}\n{}", info.patient_name, info.patient_id, info.study_date, info.study_description);
-        corner(tl, rect.left_top() + Vec2::new(6.0, 6.0), egui::Align2::LEFT_TOP);
+        let tl = format!(
+            "{}\n{} {}\n{}",
+            info.patient_name, info.patient_id, info.study_date, info.study_description
+        );
+        corner(
+            tl,
+            rect.left_top() + Vec2::new(6.0, 6.0),
+            egui::Align2::LEFT_TOP,
+        );
         let w = match vp.current_voi() {
             Some(Voi::Window { center, width, .. }) => format!("W {width:.0} C {center:.0}"),
             Some(Voi::Lut(i)) => format!("VOI LUT {}", i + 1),
@@ -867,9 +1030,17 @@ impl LofiApp {
             if vp.invert { " inv" } else { "" },
             vp.view.zoom * ui.ctx().pixels_per_point() * 100.0
         );
-        corner(tr, rect.right_top() + Vec2::new(-6.0, 6.0), egui::Align2::RIGHT_TOP);
+        corner(
+            tr,
+            rect.right_top() + Vec2::new(-6.0, 6.0),
+            egui::Align2::RIGHT_TOP,
+        );
         if img.frames.len() > 1 {
-            corner(format!("frame {}/{}", vp.frame + 1, img.frames.len()), rect.left_bottom() + Vec2::new(6.0, -6.0), egui::Align2::LEFT_BOTTOM);
+            corner(
+                format!("frame {}/{}", vp.frame + 1, img.frames.len()),
+                rect.left_bottom() + Vec2::new(6.0, -6.0),
+                egui::Align2::LEFT_BOTTOM,
+            );
         }
         // probe
         if let Some(h) = resp.hover_pos() {
@@ -892,6 +1063,7 @@ impl LofiApp {
             self.sync_from(idx);
         }
         if let Some(b) = describe {
+            self.similar.region = Some(b);
             self.active = idx;
             if let Some((key, gray)) = self.model_input(idx) {
                 self.ai.describe(&self.jobs, key, gray, b);
@@ -901,7 +1073,9 @@ impl LofiApp {
 }
 
 fn self_presets_full_range(img: &LoadedImage, frame: usize) -> (f64, f64) {
-    let Some(f) = img.frames.get(frame) else { return (0.0, 1.0) };
+    let Some(f) = img.frames.get(frame) else {
+        return (0.0, 1.0);
+    };
     let (lo, hi) = f.min_max(crate::dicom::lut::padding_range(&img.info));
     let (a, b) = (modality_value(lo, &img.info), modality_value(hi, &img.info));
     ((a + b) / 2.0, (b - a).abs().max(1.0))
@@ -999,7 +1173,13 @@ impl LofiApp {
     pub fn frame_ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
         self.poll_jobs(ctx);
         // drag and drop
-        let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
         if !dropped.is_empty() {
             self.open_paths(dropped, true);
         }
@@ -1007,19 +1187,40 @@ impl LofiApp {
         super::panels::menu_ui(self, ui);
         super::panels::status_ui(self, ui);
         if self.settings.show_browser {
-            egui::Panel::left("browser").default_size(250.0).resizable(true).show(ui, |ui| {
-                super::panels::browser_ui(self, ui);
-            });
+            egui::Panel::left("browser")
+                .default_size(250.0)
+                .resizable(true)
+                .show(ui, |ui| {
+                    super::panels::browser_ui(self, ui);
+                });
         }
         if self.settings.show_ai {
-            egui::Panel::right("ai").default_size(340.0).resizable(true).show(ui, |ui| {
-                self.ai_panel_ui(ui);
-            });
+            egui::Panel::right("ai")
+                .default_size(340.0)
+                .resizable(true)
+                .show(ui, |ui| {
+                    egui::ScrollArea::vertical()
+                        .id_salt("ai-side")
+                        .show(ui, |ui| {
+                            self.ai_panel_ui(ui);
+                            ui.separator();
+                            egui::CollapsingHeader::new(
+                                egui::RichText::new("Similar cases").heading(),
+                            )
+                            .default_open(true)
+                            .show(ui, |ui| {
+                                self.similar_panel_ui(ui);
+                            });
+                        });
+                });
         }
         if self.settings.show_tags {
-            egui::Panel::right("tags").default_size(360.0).resizable(true).show(ui, |ui| {
-                super::panels::tags_ui(self, ui);
-            });
+            egui::Panel::right("tags")
+                .default_size(360.0)
+                .resizable(true)
+                .show(ui, |ui| {
+                    super::panels::tags_ui(self, ui);
+                });
         }
         egui::CentralPanel::default()
             .frame(egui::Frame::NONE)
@@ -1028,7 +1229,8 @@ impl LofiApp {
                     let r = ui.available_rect_before_wrap();
                     let half = Vec2::new(r.width() / 2.0 - 1.0, r.height());
                     let left = Rect::from_min_size(r.min, half);
-                    let right = Rect::from_min_size(r.min + Vec2::new(r.width() / 2.0 + 1.0, 0.0), half);
+                    let right =
+                        Rect::from_min_size(r.min + Vec2::new(r.width() / 2.0 + 1.0, 0.0), half);
                     for (i, rr) in [left, right].into_iter().enumerate() {
                         let mut child = ui.new_child(egui::UiBuilder::new().max_rect(rr));
                         self.viewport_ui(&mut child, i);
@@ -1091,6 +1293,48 @@ impl LofiApp {
         }
     }
 
+    /// The "Similar cases" panel and what its buttons start.
+    pub fn similar_panel_ui(&mut self, ui: &mut egui::Ui) {
+        let ready = self.ai.model.is_some() && self.ai.store.is_some();
+        let act = super::similar::similar_ui(&mut self.similar, ui, ready);
+        let (Some(model), Some(store)) = (self.ai.model.clone(), self.ai.store.clone()) else {
+            return;
+        };
+        let a = self.active;
+        let patient = self.viewports[a]
+            .image
+            .as_ref()
+            .map(|i| i.info.patient_id.clone())
+            .filter(|p| !p.is_empty());
+        let query = if act.by_image {
+            self.model_input(a)
+                .map(|(_, g)| super::similar::Query::Image(g))
+        } else if act.by_region {
+            match (self.model_input(a), self.similar.region) {
+                (Some((_, g)), Some(b)) => Some(super::similar::Query::Region(g, b)),
+                _ => None,
+            }
+        } else if act.by_text {
+            Some(super::similar::Query::Text(
+                self.similar.text.trim().to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some(q) = query {
+            self.similar
+                .search(&self.jobs, model.clone(), store.clone(), q, patient);
+        }
+        if let Some(p) = act.open {
+            self.settings.two_up = true;
+            self.settings.sync = true;
+            self.show_file(1, p);
+        }
+        if act.index_folder {
+            self.similar.pick_folder(&self.jobs);
+        }
+    }
+
     fn export_dialog(&mut self, kind: super::ai::ExportKind) {
         use super::ai::ExportKind;
         let (name, ext) = match kind {
@@ -1100,7 +1344,9 @@ impl LofiApp {
         };
         let dir = self.settings.last_dir.clone();
         self.jobs.spawn("export dialog", move |h| {
-            let mut d = rfd::FileDialog::new().set_file_name(name).add_filter(ext, &[ext]);
+            let mut d = rfd::FileDialog::new()
+                .set_file_name(name)
+                .add_filter(ext, &[ext]);
             if let Some(s) = dir {
                 d = d.set_directory(s);
             }
@@ -1117,7 +1363,9 @@ impl LofiApp {
             ExportKind::Json => self.export_json(&path),
             ExportKind::Sr => self.export_sr(&path),
             ExportKind::Png => {
-                let Some(rect) = self.viewports[self.active].rect else { return };
+                let Some(rect) = self.viewports[self.active].rect else {
+                    return;
+                };
                 let ppp = ctx.pixels_per_point();
                 let slot = self.png_export.clone();
                 ctx.request_screenshot(move |img| {
@@ -1138,8 +1386,15 @@ impl LofiApp {
     /// Everything the screenshot waits for has arrived.
     fn ready_for_screenshot(&mut self) -> bool {
         let vp = &self.viewports[0];
-        let image_ready = vp.image.is_some() || vp.error.is_some() || (!vp.loading && self.progress.is_empty() && vp.path.is_none() && self.scan_cancel.is_some());
-        let Some(phrase) = self.args.phrase.clone() else { return image_ready };
+        let image_ready = vp.image.is_some()
+            || vp.error.is_some()
+            || (!vp.loading
+                && self.progress.is_empty()
+                && vp.path.is_none()
+                && self.scan_cancel.is_some());
+        let Some(phrase) = self.args.phrase.clone() else {
+            return image_ready;
+        };
         if vp.error.is_some() {
             return true;
         }
@@ -1159,12 +1414,16 @@ impl LofiApp {
         if self.ai.running.is_some() {
             return false;
         }
-        self.current_results().is_some_and(|r| r.findings.iter().any(|f| f.phrase == phrase.trim())) || self.ai.message.is_some()
+        self.current_results()
+            .is_some_and(|r| r.findings.iter().any(|f| f.phrase == phrase.trim()))
+            || self.ai.message.is_some()
     }
 
     fn screenshot_step(&mut self, ctx: &egui::Context) {
         let ready = self.ready_for_screenshot();
-        let Some(shot) = self.shot.as_mut() else { return };
+        let Some(shot) = self.shot.as_mut() else {
+            return;
+        };
         ctx.request_repaint();
         if shot.started.elapsed().as_secs() > 300 {
             if let Ok(mut o) = self.outcome.lock() {
@@ -1207,7 +1466,12 @@ struct ModelFolder(PathBuf);
 /// An export destination chosen in the dialog.
 struct ExportTo(super::ai::ExportKind, PathBuf);
 
-fn crop_and_save(img: &egui::ColorImage, rect: Rect, ppp: f32, path: &std::path::Path) -> Result<(), String> {
+fn crop_and_save(
+    img: &egui::ColorImage,
+    rect: Rect,
+    ppp: f32,
+    path: &std::path::Path,
+) -> Result<(), String> {
     let [w, h] = img.size;
     let x0 = ((rect.left() * ppp).max(0.0) as usize).min(w);
     let y0 = ((rect.top() * ppp).max(0.0) as usize).min(h);
@@ -1224,7 +1488,8 @@ fn crop_and_save(img: &egui::ColorImage, rect: Rect, ppp: f32, path: &std::path:
 pub fn save_color_image(img: &egui::ColorImage, path: &std::path::Path) -> Result<(), String> {
     let [w, h] = img.size;
     let raw: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
-    let rgba = image::RgbaImage::from_raw(w as u32, h as u32, raw).ok_or("screenshot size mismatch")?;
+    let rgba =
+        image::RgbaImage::from_raw(w as u32, h as u32, raw).ok_or("screenshot size mismatch")?;
     let mut png = Vec::new();
     image::DynamicImage::ImageRgba8(rgba)
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)

@@ -88,7 +88,9 @@ impl Jobs {
         };
         let job = name.to_string();
         let h2 = h.clone();
-        let res = std::thread::Builder::new().name(name.to_string()).spawn(move || f(h));
+        let res = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || f(h));
         if let Err(e) = res {
             h2.send(JobEvent::Failed {
                 job,

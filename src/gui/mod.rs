@@ -5,6 +5,7 @@ pub mod app;
 pub mod jobs;
 pub mod panels;
 pub mod renderer;
+pub mod similar;
 pub mod view;
 
 use std::path::PathBuf;

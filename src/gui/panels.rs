@@ -89,14 +89,20 @@ pub fn menu_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
             ui.menu_button("Window", |ui| {
                 let presets = app.presets(app.active);
                 for (i, (name, voi)) in presets.iter().enumerate() {
-                    let label = if i < 9 { format!("{}  ({})", name, i + 1) } else { name.clone() };
+                    let label = if i < 9 {
+                        format!("{}  ({})", name, i + 1)
+                    } else {
+                        name.clone()
+                    };
                     if ui.button(label).clicked() {
                         app.viewports[app.active].voi = Some(*voi);
                     }
                 }
                 ui.separator();
                 if ui.button("Save current window as preset").clicked() {
-                    if let Some(crate::dicom::Voi::Window { center, width, .. }) = app.viewports[app.active].current_voi() {
+                    if let Some(crate::dicom::Voi::Window { center, width, .. }) =
+                        app.viewports[app.active].current_voi()
+                    {
                         let n = app.settings.presets.len() + 1;
                         app.settings.presets.push(super::app::Preset {
                             name: format!("Preset {n} (W {width:.0} C {center:.0})"),
@@ -128,7 +134,10 @@ pub fn status_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
             }
             if let Some((xm, ym, det)) = p.mm {
                 ui.separator();
-                ui.monospace(format!("{xm:.1}, {ym:.1} mm{}", if det { " (at detector)" } else { "" }));
+                ui.monospace(format!(
+                    "{xm:.1}, {ym:.1} mm{}",
+                    if det { " (at detector)" } else { "" }
+                ));
             }
             if let Some(s) = p.stored {
                 ui.separator();
@@ -147,19 +156,34 @@ pub fn status_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
                         vp.playing = !vp.playing;
                     }
                     let mut f = vp.frame + 1;
-                    if ui.add(egui::Slider::new(&mut f, 1..=n).text("frame")).changed() {
+                    if ui
+                        .add(egui::Slider::new(&mut f, 1..=n).text("frame"))
+                        .changed()
+                    {
                         vp.frame = f - 1;
                     }
                 }
             }
             for (job, (done, total)) in &app.progress {
                 ui.separator();
-                let frac = if *total > 0 { *done as f32 / *total as f32 } else { 0.0 };
-                ui.add(egui::ProgressBar::new(frac).desired_width(120.0).text(format!("{job} {done}/{total}")));
+                let frac = if *total > 0 {
+                    *done as f32 / *total as f32
+                } else {
+                    0.0
+                };
+                ui.add(
+                    egui::ProgressBar::new(frac)
+                        .desired_width(120.0)
+                        .text(format!("{job} {done}/{total}")),
+                );
             }
             if let Some((m, err)) = &app.message {
                 ui.separator();
-                let c = if *err { Color32::from_rgb(240, 120, 110) } else { Color32::GRAY };
+                let c = if *err {
+                    Color32::from_rgb(240, 120, 110)
+                } else {
+                    Color32::GRAY
+                };
                 ui.label(RichText::new(m).color(c));
             }
         });
@@ -175,54 +199,104 @@ pub fn browser_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
     let mut open: Option<PathBuf> = None;
     egui::ScrollArea::vertical().show(ui, |ui| {
         for p in &app.scan.patients {
-            let title = if p.name.is_empty() { p.id.clone() } else { format!("{} ({})", p.name, p.id) };
-            egui::CollapsingHeader::new(title).id_salt(("pat", &p.id)).default_open(true).show(ui, |ui| {
-                for s in &p.studies {
-                    let st = format!("{} {}", s.date, if s.description.is_empty() { "Study" } else { &s.description });
-                    egui::CollapsingHeader::new(st).id_salt(("st", &s.uid)).default_open(true).show(ui, |ui| {
-                        for se in &s.series {
-                            ui.label(RichText::new(format!(
-                                "Series {} {} {}",
-                                se.number.map(|n| n.to_string()).unwrap_or_default(),
-                                se.modality,
-                                se.description
-                            )).small());
-                            for inst in &se.instances {
-                                if !inst.is_image {
-                                    ui.label(RichText::new(format!("  {} (not an image)", inst.kind)).weak());
-                                    continue;
-                                }
-                                let current = app.viewports[app.active].path.as_ref() == Some(&inst.path);
-                                let text = format!(
-                                    "#{} {} {}×{}{}",
-                                    inst.instance_number.map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
-                                    inst.view,
-                                    inst.size.0,
-                                    inst.size.1,
-                                    if inst.frames > 1 { format!(" · {} frames", inst.frames) } else { String::new() }
-                                );
-                                let resp = match app.thumbnails.get(&inst.path).and_then(|t| t.as_ref()) {
-                                    Some(tex) => ui.add(
-                                        egui::Button::image_and_text(egui::Image::new((tex.id(), tex.size_vec2())), text)
-                                            .selected(current),
-                                    ),
-                                    None => ui.add(egui::Button::new(text).selected(current)),
-                                };
-                                if resp.clicked() {
-                                    open = Some(inst.path.clone());
-                                }
+            let title = if p.name.is_empty() {
+                p.id.clone()
+            } else {
+                format!("{} ({})", p.name, p.id)
+            };
+            egui::CollapsingHeader::new(title)
+                .id_salt(("pat", &p.id))
+                .default_open(true)
+                .show(ui, |ui| {
+                    for s in &p.studies {
+                        let st = format!(
+                            "{} {}",
+                            s.date,
+                            if s.description.is_empty() {
+                                "Study"
+                            } else {
+                                &s.description
                             }
-                        }
-                    });
-                }
-            });
+                        );
+                        egui::CollapsingHeader::new(st)
+                            .id_salt(("st", &s.uid))
+                            .default_open(true)
+                            .show(ui, |ui| {
+                                for se in &s.series {
+                                    ui.label(
+                                        RichText::new(format!(
+                                            "Series {} {} {}",
+                                            se.number.map(|n| n.to_string()).unwrap_or_default(),
+                                            se.modality,
+                                            se.description
+                                        ))
+                                        .small(),
+                                    );
+                                    for inst in &se.instances {
+                                        if !inst.is_image {
+                                            ui.label(
+                                                RichText::new(format!(
+                                                    "  {} (not an image)",
+                                                    inst.kind
+                                                ))
+                                                .weak(),
+                                            );
+                                            continue;
+                                        }
+                                        let current = app.viewports[app.active].path.as_ref()
+                                            == Some(&inst.path);
+                                        let text = format!(
+                                            "#{} {} {}×{}{}",
+                                            inst.instance_number
+                                                .map(|n| n.to_string())
+                                                .unwrap_or_else(|| "–".into()),
+                                            inst.view,
+                                            inst.size.0,
+                                            inst.size.1,
+                                            if inst.frames > 1 {
+                                                format!(" · {} frames", inst.frames)
+                                            } else {
+                                                String::new()
+                                            }
+                                        );
+                                        let resp = match app
+                                            .thumbnails
+                                            .get(&inst.path)
+                                            .and_then(|t| t.as_ref())
+                                        {
+                                            Some(tex) => ui.add(
+                                                egui::Button::image_and_text(
+                                                    egui::Image::new((tex.id(), tex.size_vec2())),
+                                                    text,
+                                                )
+                                                .selected(current),
+                                            ),
+                                            None => {
+                                                ui.add(egui::Button::new(text).selected(current))
+                                            }
+                                        };
+                                        if resp.clicked() {
+                                            open = Some(inst.path.clone());
+                                        }
+                                    }
+                                }
+                            });
+                    }
+                });
         }
         if !app.scan.skipped.is_empty() {
-            egui::CollapsingHeader::new(format!("{} skipped", app.scan.skipped.len())).show(ui, |ui| {
-                for s in &app.scan.skipped {
-                    ui.label(RichText::new(format!("{}: {}", s.path.display(), s.reason)).small().weak());
-                }
-            });
+            egui::CollapsingHeader::new(format!("{} skipped", app.scan.skipped.len())).show(
+                ui,
+                |ui| {
+                    for s in &app.scan.skipped {
+                        ui.label(
+                            RichText::new(format!("{}: {}", s.path.display(), s.reason))
+                                .small()
+                                .weak(),
+                        );
+                    }
+                },
+            );
         }
     });
     if let Some(p) = open {
@@ -231,12 +305,17 @@ pub fn browser_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
     }
 }
 
-fn value_text(v: &Value<dicom_object::InMemDicomObject, dicom_core::value::InMemFragment>) -> String {
+fn value_text(
+    v: &Value<dicom_object::InMemDicomObject, dicom_core::value::InMemFragment>,
+) -> String {
     match v {
         Value::Primitive(p) => {
             let s = p.to_str();
             if s.len() > 120 {
-                format!("{}…", &s[..s.char_indices().nth(120).map_or(s.len(), |(i, _)| i)])
+                format!(
+                    "{}…",
+                    &s[..s.char_indices().nth(120).map_or(s.len(), |(i, _)| i)]
+                )
             } else {
                 s.into_owned()
             }
@@ -246,7 +325,12 @@ fn value_text(v: &Value<dicom_object::InMemDicomObject, dicom_core::value::InMem
     }
 }
 
-fn elements_ui(ui: &mut egui::Ui, obj: &dicom_object::InMemDicomObject, filter: &str, depth: usize) {
+fn elements_ui(
+    ui: &mut egui::Ui,
+    obj: &dicom_object::InMemDicomObject,
+    filter: &str,
+    depth: usize,
+) {
     use dicom_core::dictionary::DataDictionary;
     for e in obj.iter() {
         let tag = e.header().tag;

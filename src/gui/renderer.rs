@@ -81,8 +81,14 @@ impl Uniforms {
             pad_lo: pad.map_or(0.0, |p| p.0 as f32),
             pad_hi: pad.map_or(0.0, |p| p.1 as f32),
             has_padding: pad.is_some() as u32,
-            mlut_first: info.modality_lut.as_ref().map_or(0.0, |l| l.first_mapped as f32),
-            mlut_len: info.modality_lut.as_ref().map_or(0, |l| l.data.len() as u32),
+            mlut_first: info
+                .modality_lut
+                .as_ref()
+                .map_or(0.0, |l| l.first_mapped as f32),
+            mlut_len: info
+                .modality_lut
+                .as_ref()
+                .map_or(0, |l| l.data.len() as u32),
             vlut_first: vlut.map_or(0.0, |l| l.first_mapped as f32),
             vlut_len: vlut.map_or(0, |l| l.data.len() as u32),
             vlut_max: vlut.map_or(1.0, |l| l.max_out() as f32),
@@ -178,7 +184,10 @@ fn lut_bytes(l: Option<&crate::dicom::object::Lut>) -> (u32, Vec<u8>) {
     match l {
         Some(l) if !l.data.is_empty() => (
             l.data.len() as u32,
-            l.data.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect(),
+            l.data
+                .iter()
+                .flat_map(|v| (*v as f32).to_le_bytes())
+                .collect(),
         ),
         _ => (1, 0f32.to_le_bytes().to_vec()),
     }
@@ -274,23 +283,74 @@ impl ImageRenderer {
             Pixels::Mono(v) => {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
                 (
-                    make_texture(device, queue, "stored values", (w, h), wgpu::TextureFormat::R32Float, &bytes, 4),
-                    make_texture(device, queue, "rgb (unused)", (1, 1), wgpu::TextureFormat::Rgba8Unorm, &[0; 4], 4),
+                    make_texture(
+                        device,
+                        queue,
+                        "stored values",
+                        (w, h),
+                        wgpu::TextureFormat::R32Float,
+                        &bytes,
+                        4,
+                    ),
+                    make_texture(
+                        device,
+                        queue,
+                        "rgb (unused)",
+                        (1, 1),
+                        wgpu::TextureFormat::Rgba8Unorm,
+                        &[0; 4],
+                        4,
+                    ),
                 )
             }
             Pixels::Rgb(v) => {
-                let rgba: Vec<u8> = v.chunks_exact(3).flat_map(|c| [c[0], c[1], c[2], 255]).collect();
+                let rgba: Vec<u8> = v
+                    .chunks_exact(3)
+                    .flat_map(|c| [c[0], c[1], c[2], 255])
+                    .collect();
                 (
-                    make_texture(device, queue, "grey (unused)", (1, 1), wgpu::TextureFormat::R32Float, &[0; 4], 4),
-                    make_texture(device, queue, "rgb", (w, h), wgpu::TextureFormat::Rgba8Unorm, &rgba, 4),
+                    make_texture(
+                        device,
+                        queue,
+                        "grey (unused)",
+                        (1, 1),
+                        wgpu::TextureFormat::R32Float,
+                        &[0; 4],
+                        4,
+                    ),
+                    make_texture(
+                        device,
+                        queue,
+                        "rgb",
+                        (w, h),
+                        wgpu::TextureFormat::Rgba8Unorm,
+                        &rgba,
+                        4,
+                    ),
                 )
             }
         };
         let (mn, mb) = lut_bytes(info.modality_lut.as_ref());
-        let mlut = make_texture(device, queue, "modality LUT", (mn, 1), wgpu::TextureFormat::R32Float, &mb, 4);
+        let mlut = make_texture(
+            device,
+            queue,
+            "modality LUT",
+            (mn, 1),
+            wgpu::TextureFormat::R32Float,
+            &mb,
+            4,
+        );
         // the VOI LUT texture holds the file's first VOI LUT; other choices re-upload
         let (vn, vb) = lut_bytes(info.voi_luts.first());
-        let vlut = make_texture(device, queue, "VOI LUT", (vn, 1), wgpu::TextureFormat::R32Float, &vb, 4);
+        let vlut = make_texture(
+            device,
+            queue,
+            "VOI LUT",
+            (vn, 1),
+            wgpu::TextureFormat::R32Float,
+            &vb,
+            4,
+        );
         let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("window_level uniforms"),
             size: std::mem::size_of::<Uniforms>() as u64,
@@ -402,7 +462,8 @@ pub struct HeadlessGpu {
 impl HeadlessGpu {
     /// Open the first adapter wgpu finds (Vulkan/lavapipe on a headless Linux box).
     pub fn new() -> Result<Self, String> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             force_fallback_adapter: false,
@@ -425,7 +486,12 @@ impl HeadlessGpu {
     }
 
     /// Render a frame at 1:1 through the shader and read the 8-bit grey result back.
-    pub fn render(&self, frame: &Frame, info: &ImageInfo, p: &DisplayParams) -> Result<image::GrayImage, String> {
+    pub fn render(
+        &self,
+        frame: &Frame,
+        info: &ImageInfo,
+        p: &DisplayParams,
+    ) -> Result<image::GrayImage, String> {
         let fmt = wgpu::TextureFormat::Rgba8Unorm;
         let mut r = ImageRenderer::new(&self.device, fmt);
         r.upload(&self.device, &self.queue, 0, 1, frame, info)?;
@@ -454,7 +520,11 @@ impl HeadlessGpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("offscreen") });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("offscreen"),
+            });
         {
             let mut pass = enc.begin_render_pass(&wgpu::RenderPassDescriptor {
                 label: Some("offscreen pass"),
@@ -501,7 +571,9 @@ impl HeadlessGpu {
                 timeout: None,
             })
             .map_err(|e| format!("GPU readback: {e}"))?;
-        let data = slice.get_mapped_range().map_err(|e| format!("GPU readback: {e}"))?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| format!("GPU readback: {e}"))?;
         let mut out = Vec::with_capacity((w * h) as usize);
         for y in 0..h as usize {
             let r = &data[y * row as usize..];

@@ -86,7 +86,9 @@ impl ViewTransform {
     /// Fit the whole image in the viewport, centred.
     pub fn fit_to(&mut self, viewport: Rect, image_size: Vec2) {
         let r = self.rotated_size(image_size);
-        self.zoom = (viewport.width() / r.x).min(viewport.height() / r.y).max(1e-4);
+        self.zoom = (viewport.width() / r.x)
+            .min(viewport.height() / r.y)
+            .max(1e-4);
         self.pan = Vec2::ZERO;
         self.fit = true;
     }

@@ -474,3 +474,63 @@ pub fn config_from_hf(
     base.validate()?;
     Ok(base)
 }
+
+/// Copy a model directory to `dst`, storing every floating-point tensor as `dtype` (f16 halves
+/// a CPU-trained f32 model; loading converts back to the compute dtype), and write `card` as
+/// `MODEL_CARD.md` when given. The destination files are written crash-safely.
+pub fn convert_model_dir(
+    src: &Path,
+    dst: &Path,
+    dtype: DType,
+    card: Option<&str>,
+) -> Result<(), ModelError> {
+    let io = |what: String| move |source: std::io::Error| ModelError::Io { what, source };
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        if !src.join(f).exists() {
+            return Err(ModelError::MissingFile(src.join(f)));
+        }
+    }
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu)?;
+    let mut out: Vec<(String, Tensor)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = if t.dtype().is_float() {
+            t.to_dtype(dtype)?
+        } else {
+            t
+        };
+        out.push((name, t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    let bytes = safetensors::serialize(out.iter().map(|(k, v)| (k.clone(), v)), None)
+        .map_err(|e| ModelError::Weights(e.to_string()))?;
+    std::fs::create_dir_all(dst).map_err(io(format!("creating {}", dst.display())))?;
+    crate::util::atomic_write(&dst.join("model.safetensors"), &bytes)
+        .map_err(io("writing model.safetensors".into()))?;
+    for f in ["config.json", "tokenizer.json"] {
+        let b = std::fs::read(src.join(f)).map_err(io(format!("reading {f}")))?;
+        crate::util::atomic_write(&dst.join(f), &b).map_err(io(format!("writing {f}")))?;
+    }
+    if let Some(card) = card {
+        crate::util::atomic_write(&dst.join("MODEL_CARD.md"), card.as_bytes())
+            .map_err(io("writing MODEL_CARD.md".into()))?;
+    }
+    Ok(())
+}
+
+/// Add (or replace) the `embedding_center` vector in a model directory's weights, crash-safely.
+pub fn write_embedding_center(dir: &Path, center: &[f32]) -> Result<(), ModelError> {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
+    tensors.insert(
+        super::tasks::EMBEDDING_CENTER.to_string(),
+        Tensor::from_slice(center, center.len(), &Device::Cpu)?,
+    );
+    let mut v: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    let bytes = safetensors::serialize(v.iter().map(|(k, t)| (k.clone(), t)), None)
+        .map_err(|e| ModelError::Weights(e.to_string()))?;
+    crate::util::atomic_write(&path, &bytes).map_err(|source| ModelError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    })
+}

@@ -29,7 +29,14 @@ pub struct Lofi {
     pub dir: PathBuf,
     /// Set to abandon a generation between tokens.
     pub cancel: crate::util::Cancel,
+    /// Mean pooled image feature of the training images (`embedding_center` in the weights),
+    /// subtracted before normalisation when present: it removes the direction every image
+    /// shares, so cosine similarity compares what differs between images.
+    pub embedding_center: Option<Tensor>,
 }
+
+/// Name of the optional centring vector in `model.safetensors`.
+pub const EMBEDDING_CENTER: &str = "embedding_center";
 
 /// An image encoded once, reused by every task on it.
 #[derive(Debug, Clone)]
@@ -120,6 +127,7 @@ impl Lofi {
                 cfg.decoder.vocab_size
             )));
         }
+        let embedding_center = load_center(&files.weights, &device, cfg.vision.hidden_size)?;
         Ok(Self {
             model,
             tokenizer,
@@ -127,6 +135,7 @@ impl Lofi {
             dtype,
             dir: dir.to_path_buf(),
             cancel: crate::util::Cancel::new(),
+            embedding_center,
         })
     }
 
@@ -140,6 +149,7 @@ impl Lofi {
             dtype,
             dir: PathBuf::new(),
             cancel: crate::util::Cancel::new(),
+            embedding_center: None,
         }
     }
 
@@ -190,7 +200,12 @@ impl Lofi {
             Some(p) => p,
             None => out.tokens.mean(1)?,
         };
-        let emb = l2_normalize(&pooled.to_dtype(DType::F32)?)?;
+        let pooled = pooled.to_dtype(DType::F32)?;
+        let pooled = match &self.embedding_center {
+            Some(c) => pooled.broadcast_sub(c)?,
+            None => pooled,
+        };
+        let emb = l2_normalize(&pooled)?;
         let mut res = Vec::with_capacity(imgs.len());
         for (i, lb) in lbs.into_iter().enumerate() {
             res.push(EncodedImage {
@@ -200,6 +215,23 @@ impl Lofi {
             });
         }
         Ok(res)
+    }
+
+    /// Raw pooled image features (before centring and normalisation), one row per image.
+    pub fn pooled_features(&self, imgs: &[&GrayImage]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut px = Vec::with_capacity(imgs.len());
+        for img in imgs {
+            px.push(self.preprocess(img)?.0);
+        }
+        if px.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self.model.encode_images(&Tensor::cat(&px, 0)?)?;
+        let pooled = match out.pooled {
+            Some(p) => p,
+            None => out.tokens.mean(1)?,
+        };
+        Ok(pooled.to_dtype(DType::F32)?.to_vec2()?)
     }
 
     /// Encode one image.
@@ -212,7 +244,9 @@ impl Lofi {
     /// L2-normalised text embedding (text tower + head).
     pub fn embed_text(&self, text: &str) -> Result<Vec<f32>, ModelError> {
         let len = self.model.text.max_len();
-        let ids = self.tokenizer.encode_fixed(text, len, self.model.text.pad_left())?;
+        let ids = self
+            .tokenizer
+            .encode_fixed(text, len, self.model.text.pad_left())?;
         let ids = Tensor::from_vec(ids, (1, len), &self.device)?;
         let e = self.model.text.embed(&ids, self.tokenizer.pad)?;
         Ok(l2_normalize(&e.to_dtype(DType::F32)?)?.i(0)?.to_vec1()?)
@@ -417,4 +451,23 @@ mod tests {
         assert!(split_findings("No finding.").is_empty());
         assert!(split_findings("").is_empty());
     }
+}
+
+fn load_center(
+    files: &[PathBuf],
+    device: &Device,
+    dim: usize,
+) -> Result<Option<Tensor>, ModelError> {
+    let st = super::load::mmap(files)?;
+    if st.get(EMBEDDING_CENTER).is_err() {
+        return Ok(None);
+    }
+    let t = st.load(EMBEDDING_CENTER, device)?.to_dtype(DType::F32)?;
+    if t.dims() != [dim] {
+        return Err(ModelError::Weights(format!(
+            "{EMBEDDING_CENTER}: shape {:?}, expected [{dim}]",
+            t.dims()
+        )));
+    }
+    Ok(Some(t))
 }

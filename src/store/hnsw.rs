@@ -118,7 +118,14 @@ impl Hnsw {
         &self.data[i as usize * self.dim..(i as usize + 1) * self.dim]
     }
 
-    fn search_layer(&self, q: &[f32], entry: &[Cand], ef: usize, layer: usize, visited: &mut HashSet<u32>) -> Vec<Cand> {
+    fn search_layer(
+        &self,
+        q: &[f32],
+        entry: &[Cand],
+        ef: usize,
+        layer: usize,
+        visited: &mut HashSet<u32>,
+    ) -> Vec<Cand> {
         let mut cands: BinaryHeap<Cand> = BinaryHeap::new();
         // results as a min-heap on similarity
         let mut res: BinaryHeap<std::cmp::Reverse<Cand>> = BinaryHeap::new();
@@ -133,7 +140,9 @@ impl Hnsw {
             if c.sim < worst && res.len() >= ef {
                 break;
             }
-            let Some(nb) = self.links[c.id as usize].get(layer) else { continue };
+            let Some(nb) = self.links[c.id as usize].get(layer) else {
+                continue;
+            };
             for &n in nb {
                 if !visited.insert(n) {
                     continue;
@@ -164,7 +173,9 @@ impl Hnsw {
             if kept.len() >= m {
                 break;
             }
-            let good = kept.iter().all(|k| dot(self.vector(c.id), self.vector(k.id)) < c.sim);
+            let good = kept
+                .iter()
+                .all(|k| dot(self.vector(c.id), self.vector(k.id)) < c.sim);
             if good {
                 kept.push(c);
             } else {
@@ -195,7 +206,10 @@ impl Hnsw {
             self.max_level = level;
             return id;
         };
-        let mut cur = Cand { sim: dot(v, self.vector(ep)), id: ep };
+        let mut cur = Cand {
+            sim: dot(v, self.vector(ep)),
+            id: ep,
+        };
         for layer in ((level as usize + 1)..=self.max_level as usize).rev() {
             let mut changed = true;
             while changed {
@@ -212,8 +226,13 @@ impl Hnsw {
         let mut entry = vec![cur];
         for layer in (0..=(level.min(self.max_level) as usize)).rev() {
             let mut visited = HashSet::new();
-            let found = self.search_layer(v, &entry, self.params.ef_construction, layer, &mut visited);
-            let m = if layer == 0 { self.params.m * 2 } else { self.params.m };
+            let found =
+                self.search_layer(v, &entry, self.params.ef_construction, layer, &mut visited);
+            let m = if layer == 0 {
+                self.params.m * 2
+            } else {
+                self.params.m
+            };
             let nbrs = self.select(&found, m);
             self.links[id as usize][layer] = nbrs.clone();
             for &n in &nbrs {
@@ -222,7 +241,10 @@ impl Hnsw {
                     let base = self.vector(n);
                     let mut cs: Vec<Cand> = self.links[n as usize][layer]
                         .iter()
-                        .map(|&x| Cand { sim: dot(base, self.vector(x)), id: x })
+                        .map(|&x| Cand {
+                            sim: dot(base, self.vector(x)),
+                            id: x,
+                        })
                         .collect();
                     cs.sort_by(|a, b| b.cmp(a));
                     let pruned = self.select(&cs, m);
@@ -241,9 +263,20 @@ impl Hnsw {
 
     /// The `k` most similar nodes passing `filter`, best first. Selective filters widen the
     /// candidate list until enough results pass (falling back to an exhaustive scan).
-    pub fn search(&self, q: &[f32], k: usize, ef: usize, filter: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)> {
-        let Some(ep) = self.entry else { return Vec::new() };
-        let mut cur = Cand { sim: dot(q, self.vector(ep)), id: ep };
+    pub fn search(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        filter: &dyn Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
+        let Some(ep) = self.entry else {
+            return Vec::new();
+        };
+        let mut cur = Cand {
+            sim: dot(q, self.vector(ep)),
+            id: ep,
+        };
         for layer in (1..=self.max_level as usize).rev() {
             let mut changed = true;
             while changed {
@@ -261,7 +294,12 @@ impl Hnsw {
         loop {
             let mut visited = HashSet::new();
             let found = self.search_layer(q, &[cur], ef, 0, &mut visited);
-            let hits: Vec<(u32, f32)> = found.iter().filter(|c| filter(c.id)).take(k).map(|c| (c.id, c.sim)).collect();
+            let hits: Vec<(u32, f32)> = found
+                .iter()
+                .filter(|c| filter(c.id))
+                .take(k)
+                .map(|c| (c.id, c.sim))
+                .collect();
             if hits.len() >= k || found.len() >= self.len() {
                 return hits;
             }
@@ -281,7 +319,13 @@ impl Hnsw {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(b"LOFIHNSW1");
-        for v in [self.dim as u64, self.params.m as u64, self.params.ef_construction as u64, self.params.ef_search as u64, self.len() as u64] {
+        for v in [
+            self.dim as u64,
+            self.params.m as u64,
+            self.params.ef_construction as u64,
+            self.params.ef_search as u64,
+            self.len() as u64,
+        ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&self.entry.map_or(u32::MAX, |e| e).to_le_bytes());
@@ -315,7 +359,10 @@ impl Hnsw {
         }
         let [dim, m, efc, efs, n] = u.map(|x| x as usize);
         if dim == 0 || data.len() != dim * n {
-            return Err(format!("index covers {n} vectors of {dim}, {} values given", data.len()));
+            return Err(format!(
+                "index covers {n} vectors of {dim}, {} values given",
+                data.len()
+            ));
         }
         let entry = u32::from_le_bytes(take(&mut p, 4)?.try_into().map_err(|_| "bad header")?);
         let max_level = take(&mut p, 1)?[0];
@@ -328,12 +375,16 @@ impl Hnsw {
             }
             let mut per = Vec::with_capacity(lv as usize + 1);
             for _ in 0..=lv {
-                let c = u32::from_le_bytes(take(&mut p, 4)?.try_into().map_err(|_| "bad count")?) as usize;
+                let c = u32::from_le_bytes(take(&mut p, 4)?.try_into().map_err(|_| "bad count")?)
+                    as usize;
                 if c > 4 * m.max(1) + 4 {
                     return Err("bad neighbour count".into());
                 }
                 let raw = take(&mut p, 4 * c)?;
-                let l: Vec<u32> = raw.chunks_exact(4).map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]])).collect();
+                let l: Vec<u32> = raw
+                    .chunks_exact(4)
+                    .map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+                    .collect();
                 if l.iter().any(|&x| x as usize >= n) {
                     return Err("neighbour out of range".into());
                 }
@@ -363,13 +414,22 @@ impl Hnsw {
 }
 
 /// Exhaustive top-k over a flat matrix, best first.
-pub fn exact_search(data: &[f32], dim: usize, q: &[f32], k: usize, filter: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)> {
+pub fn exact_search(
+    data: &[f32],
+    dim: usize,
+    q: &[f32],
+    k: usize,
+    filter: &dyn Fn(u32) -> bool,
+) -> Vec<(u32, f32)> {
     let mut heap: BinaryHeap<std::cmp::Reverse<Cand>> = BinaryHeap::new();
     for (i, v) in data.chunks_exact(dim).enumerate() {
         if !filter(i as u32) {
             continue;
         }
-        let c = Cand { sim: dot(q, v), id: i as u32 };
+        let c = Cand {
+            sim: dot(q, v),
+            id: i as u32,
+        };
         if heap.len() < k {
             heap.push(std::cmp::Reverse(c));
         } else if heap.peek().is_some_and(|w| c > w.0) {
@@ -419,7 +479,10 @@ mod tests {
         let b = h.to_bytes();
         let h2 = Hnsw::from_bytes(&b, data.clone(), 7).unwrap();
         let q = &data[0..dim];
-        assert_eq!(h.search(q, 5, 32, &|_| true), h2.search(q, 5, 32, &|_| true));
+        assert_eq!(
+            h.search(q, 5, 32, &|_| true),
+            h2.search(q, 5, 32, &|_| true)
+        );
         // damaged file → error, never a panic
         for cut in [0, 5, 20, b.len() / 2, b.len() - 1] {
             assert!(Hnsw::from_bytes(&b[..cut], data.clone(), 7).is_err());

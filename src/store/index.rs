@@ -62,12 +62,21 @@ pub fn collect_files(paths: &[PathBuf]) -> Vec<PathBuf> {
             return;
         }
         if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| e.path()).collect();
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
             v.sort();
             for e in v {
                 walk(&e, out, depth + 1);
             }
-        } else if p.is_file() && !p.file_name().is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR")) {
+        } else if p.is_file()
+            && !p
+                .file_name()
+                .is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
+        {
             out.push(p.to_path_buf());
         }
     }
@@ -90,7 +99,13 @@ fn decode(path: &Path) -> Result<(String, Decoded), String> {
     let bytes = crate::dicom::object::read_limited(path).map_err(|e| e.to_string())?;
     let hash = crate::util::sha256_hex(&bytes);
     let img = if crate::dicom::is_plain_image(&bytes) {
-        crate::dicom::load_plain(&bytes, &path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        crate::dicom::load_plain(
+            &bytes,
+            &path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
     } else {
         crate::dicom::load_dicom_bytes(&bytes)
     }
@@ -102,18 +117,40 @@ fn decode(path: &Path) -> Result<(String, Decoded), String> {
     };
     let gray = crate::dicom::lut::render(frame, &img.info, &p).to_luma8();
     let s = 128.0 / gray.width().max(gray.height()) as f32;
-    let t = image::imageops::thumbnail(&gray, ((gray.width() as f32 * s) as u32).max(1), ((gray.height() as f32 * s) as u32).max(1));
+    let t = image::imageops::thumbnail(
+        &gray,
+        ((gray.width() as f32 * s) as u32).max(1),
+        ((gray.height() as f32 * s) as u32).max(1),
+    );
     let mut thumb = Vec::new();
     image::DynamicImage::ImageLuma8(t)
-        .write_to(&mut std::io::Cursor::new(&mut thumb), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut thumb),
+            image::ImageFormat::Png,
+        )
         .map_err(|e| e.to_string())?;
     let i = &img.info;
     let ids = if img.dicom.is_some() {
-        (i.patient_id.clone(), i.study_uid.clone(), i.series_uid.clone(), i.sop_uid.clone(), i.view.clone())
+        (
+            i.patient_id.clone(),
+            i.study_uid.clone(),
+            i.series_uid.clone(),
+            i.sop_uid.clone(),
+            i.view.clone(),
+        )
     } else {
         Default::default()
     };
-    Ok((hash.clone(), Decoded { path: path.to_path_buf(), hash, gray, thumb, ids }))
+    Ok((
+        hash.clone(),
+        Decoded {
+            path: path.to_path_buf(),
+            hash,
+            gray,
+            thumb,
+            ids,
+        },
+    ))
 }
 
 fn canonical(p: &Path) -> PathBuf {
@@ -121,7 +158,12 @@ fn canonical(p: &Path) -> PathBuf {
 }
 
 /// Index files into the store.
-pub fn index(lofi: &Lofi, store: &dyn PriorStore, paths: &[PathBuf], opts: &IndexOptions<'_>) -> Result<IndexReport, StoreError> {
+pub fn index(
+    lofi: &Lofi,
+    store: &dyn PriorStore,
+    paths: &[PathBuf],
+    opts: &IndexOptions<'_>,
+) -> Result<IndexReport, StoreError> {
     let model = lofi.model_id();
     if let Some(m) = store.model_id()? {
         if m != model {
@@ -130,7 +172,12 @@ pub fn index(lofi: &Lofi, store: &dyn PriorStore, paths: &[PathBuf], opts: &Inde
     }
     let by_path: HashMap<PathBuf, &Record> = opts
         .manifest
-        .map(|m| m.records.iter().map(|r| (canonical(&m.image_path(r)), r)).collect())
+        .map(|m| {
+            m.records
+                .iter()
+                .map(|r| (canonical(&m.image_path(r)), r))
+                .collect()
+        })
         .unwrap_or_default();
     let files = collect_files(paths);
     let total = files.len();
@@ -141,20 +188,22 @@ pub fn index(lofi: &Lofi, store: &dyn PriorStore, paths: &[PathBuf], opts: &Inde
     std::thread::scope(|s| -> Result<(), StoreError> {
         let files_ref = &files;
         let cancel2 = cancel.clone();
-        let spawned = std::thread::Builder::new().name("index-decode".into()).spawn_scoped(s, move || {
-            for f in files_ref {
-                if cancel2.is_cancelled() {
-                    break;
+        let spawned = std::thread::Builder::new()
+            .name("index-decode".into())
+            .spawn_scoped(s, move || {
+                for f in files_ref {
+                    if cancel2.is_cancelled() {
+                        break;
+                    }
+                    let r = decode(f).map_err(|e| Failure {
+                        path: f.display().to_string(),
+                        error: e,
+                    });
+                    if tx.send(r).is_err() {
+                        break;
+                    }
                 }
-                let r = decode(f).map_err(|e| Failure {
-                    path: f.display().to_string(),
-                    error: e,
-                });
-                if tx.send(r).is_err() {
-                    break;
-                }
-            }
-        });
+            });
         if let Err(e) = spawned {
             return Err(StoreError::Io {
                 what: "starting the decoder thread".into(),
@@ -162,47 +211,51 @@ pub fn index(lofi: &Lofi, store: &dyn PriorStore, paths: &[PathBuf], opts: &Inde
             });
         }
         let mut batch: Vec<Decoded> = Vec::new();
-        let flush = |batch: &mut Vec<Decoded>, report: &mut IndexReport| -> Result<(), StoreError> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let refs: Vec<&image::GrayImage> = batch.iter().map(|d| &d.gray).collect();
-            let enc = match lofi.encode_batch(&refs) {
-                Ok(e) => e,
-                Err(e) => {
-                    for d in batch.drain(..) {
-                        report.failed.push(Failure { path: d.path.display().to_string(), error: e.to_string() });
-                    }
+        let flush =
+            |batch: &mut Vec<Decoded>, report: &mut IndexReport| -> Result<(), StoreError> {
+                if batch.is_empty() {
                     return Ok(());
                 }
-            };
-            let recs: Vec<NewRecord> = batch
-                .drain(..)
-                .zip(enc)
-                .map(|(d, e)| {
-                    let m = by_path.get(&canonical(&d.path));
-                    let (pid, study, series, sop, view) = d.ids;
-                    NewRecord {
-                        embedding: e.embedding,
-                        model_id: model.clone(),
-                        patient_id: m.and_then(|r| r.patient_id.clone()).unwrap_or(pid),
-                        study_uid: m.and_then(|r| r.study_id.clone()).unwrap_or(study),
-                        series_uid: series,
-                        sop_uid: sop,
-                        view: m.and_then(|r| r.view.clone()).unwrap_or(view),
-                        labels: m.map(|r| r.labels.clone()).unwrap_or_default(),
-                        report: m.and_then(|r| r.report.clone()),
-                        regions: m.map(|r| r.regions.clone()).unwrap_or_default(),
-                        path: canonical(&d.path).display().to_string(),
-                        content_hash: d.hash,
-                        thumbnail_png: d.thumb,
+                let refs: Vec<&image::GrayImage> = batch.iter().map(|d| &d.gray).collect();
+                let enc = match lofi.encode_batch(&refs) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        for d in batch.drain(..) {
+                            report.failed.push(Failure {
+                                path: d.path.display().to_string(),
+                                error: e.to_string(),
+                            });
+                        }
+                        return Ok(());
                     }
-                })
-                .collect();
-            report.added += recs.len();
-            store.insert(&recs)?;
-            Ok(())
-        };
+                };
+                let recs: Vec<NewRecord> = batch
+                    .drain(..)
+                    .zip(enc)
+                    .map(|(d, e)| {
+                        let m = by_path.get(&canonical(&d.path));
+                        let (pid, study, series, sop, view) = d.ids;
+                        NewRecord {
+                            embedding: e.embedding,
+                            model_id: model.clone(),
+                            patient_id: m.and_then(|r| r.patient_id.clone()).unwrap_or(pid),
+                            study_uid: m.and_then(|r| r.study_id.clone()).unwrap_or(study),
+                            series_uid: series,
+                            sop_uid: sop,
+                            view: m.and_then(|r| r.view.clone()).unwrap_or(view),
+                            labels: m.map(|r| r.labels.clone()).unwrap_or_default(),
+                            report: m.and_then(|r| r.report.clone()),
+                            regions: m.map(|r| r.regions.clone()).unwrap_or_default(),
+                            path: canonical(&d.path).display().to_string(),
+                            content_hash: d.hash,
+                            thumbnail_png: d.thumb,
+                        }
+                    })
+                    .collect();
+                report.added += recs.len();
+                store.insert(&recs)?;
+                Ok(())
+            };
         for item in rx.iter() {
             done += 1;
             (opts.progress)(done, total);
@@ -230,9 +283,17 @@ pub fn index(lofi: &Lofi, store: &dyn PriorStore, paths: &[PathBuf], opts: &Inde
 }
 
 /// Re-embed every record whose model differs from `lofi`'s, reading the source files again.
-pub fn reembed(lofi: &Lofi, store: &dyn PriorStore, opts: &IndexOptions<'_>) -> Result<IndexReport, StoreError> {
+pub fn reembed(
+    lofi: &Lofi,
+    store: &dyn PriorStore,
+    opts: &IndexOptions<'_>,
+) -> Result<IndexReport, StoreError> {
     let model = lofi.model_id();
-    let todo: Vec<_> = store.records()?.into_iter().filter(|r| r.model_id != model).collect();
+    let todo: Vec<_> = store
+        .records()?
+        .into_iter()
+        .filter(|r| r.model_id != model)
+        .collect();
     let mut report = IndexReport::default();
     let total = todo.len();
     for (ci, chunk) in todo.chunks(opts.batch.max(1)).enumerate() {
@@ -247,18 +308,30 @@ pub fn reembed(lofi: &Lofi, store: &dyn PriorStore, opts: &IndexOptions<'_>) -> 
                     imgs.push(g);
                     ids.push(r.id);
                 }
-                Err(e) => report.failed.push(Failure { path: r.path.clone(), error: e.to_string() }),
+                Err(e) => report.failed.push(Failure {
+                    path: r.path.clone(),
+                    error: e.to_string(),
+                }),
             }
         }
         let refs: Vec<&image::GrayImage> = imgs.iter().collect();
-        let enc = lofi.encode_batch(&refs).map_err(|e| StoreError::Db(e.to_string()))?;
-        let updates: Vec<(i64, Vec<f32>)> = ids.into_iter().zip(enc).map(|(i, e)| (i, e.embedding)).collect();
+        let enc = lofi
+            .encode_batch(&refs)
+            .map_err(|e| StoreError::Db(e.to_string()))?;
+        let updates: Vec<(i64, Vec<f32>)> = ids
+            .into_iter()
+            .zip(enc)
+            .map(|(i, e)| (i, e.embedding))
+            .collect();
         report.reembedded += updates.len();
         store.replace_embeddings(&updates, &model)?;
         (opts.progress)(((ci + 1) * opts.batch).min(total), total);
     }
     if !report.failed.is_empty() {
-        tracing::warn!("{} records could not be re-embedded; the store keeps the old model until they are", report.failed.len());
+        tracing::warn!(
+            "{} records could not be re-embedded; the store keeps the old model until they are",
+            report.failed.len()
+        );
     }
     Ok(report)
 }

@@ -12,14 +12,25 @@ use std::collections::HashMap;
 use base64::Engine;
 use milvus::v2 as sdk;
 use milvus::v2::prelude::*;
-use std::result::Result;
 use serde_json::{json, Value};
+use std::result::Result;
 
 use super::{Filter, Hit, NewRecord, PriorStore, RecordInfo, StoreError};
 
 const FIELDS: [&str; 13] = [
-    "id", "content_hash", "model_id", "patient_id", "study_uid", "series_uid", "sop_uid", "view", "labels", "report",
-    "regions", "path", "thumbnail",
+    "id",
+    "content_hash",
+    "model_id",
+    "patient_id",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "view",
+    "labels",
+    "report",
+    "regions",
+    "path",
+    "thumbnail",
 ];
 
 /// A Milvus collection used as the prior-case store.
@@ -44,7 +55,10 @@ fn quote(s: &str) -> String {
 }
 
 fn str_of(m: &serde_json::Map<String, Value>, k: &str) -> String {
-    m.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string()
+    m.get(k)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn info_of(m: &serde_json::Map<String, Value>) -> RecordInfo {
@@ -71,19 +85,35 @@ impl MilvusStore {
             .strip_prefix("milvus://")
             .ok_or_else(|| StoreError::Server(format!("not a milvus:// address: {spec}")))?;
         let (hostport, collection) = rest.split_once('/').unwrap_or((rest, "lofi_priors"));
-        let collection = if collection.is_empty() { "lofi_priors" } else { collection };
-        if !collection.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(StoreError::Server(format!("collection name {collection:?} must be letters, digits and _")));
+        let collection = if collection.is_empty() {
+            "lofi_priors"
+        } else {
+            collection
+        };
+        if !collection
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError::Server(format!(
+                "collection name {collection:?} must be letters, digits and _"
+            )));
         }
         let uri = format!("http://{hostport}");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Io { what: "starting the Milvus client runtime".into(), source: e })?;
+            .map_err(|e| StoreError::Io {
+                what: "starting the Milvus client runtime".into(),
+                source: e,
+            })?;
         let client = rt
             .block_on(async {
-                tokio::time::timeout(std::time::Duration::from_secs(30), ClientV2::new(&ConnectConfig::new().uri(uri.clone()))).await
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    ClientV2::new(&ConnectConfig::new().uri(uri.clone())),
+                )
+                .await
             })
             .map_err(|_| StoreError::Server(format!("no answer from Milvus at {uri} within 30 s")))?
             .map_err(|e| StoreError::Server(format!("connecting to {uri}: {e}")))?;
@@ -98,7 +128,12 @@ impl MilvusStore {
     fn exists(&self) -> Result<bool, StoreError> {
         self.rt.block_on(async {
             self.client
-                .has_collection(HasCollectionRequest::builder().collection_name(&self.collection).build().map_err(srv)?)
+                .has_collection(
+                    HasCollectionRequest::builder()
+                        .collection_name(&self.collection)
+                        .build()
+                        .map_err(srv)?,
+                )
                 .await
                 .map(|r| r.exists())
                 .map_err(srv)
@@ -110,10 +145,26 @@ impl MilvusStore {
         if self.exists()? {
             return Ok(());
         }
-        let text = |name: &str, len: u32| sdk::FieldSchema::new().name(name).data_type(sdk::DataType::VarChar).max_length(len);
+        let text = |name: &str, len: u32| {
+            sdk::FieldSchema::new()
+                .name(name)
+                .data_type(sdk::DataType::VarChar)
+                .max_length(len)
+        };
         let schema = sdk::CollectionSchema::new()
-            .add_field(sdk::FieldSchema::new().name("id").data_type(sdk::DataType::Int64).primary_key(true).auto_id(false))
-            .add_field(sdk::FieldSchema::new().name("embedding").data_type(sdk::DataType::FloatVector).dimension(dim as u32))
+            .add_field(
+                sdk::FieldSchema::new()
+                    .name("id")
+                    .data_type(sdk::DataType::Int64)
+                    .primary_key(true)
+                    .auto_id(false),
+            )
+            .add_field(
+                sdk::FieldSchema::new()
+                    .name("embedding")
+                    .data_type(sdk::DataType::FloatVector)
+                    .dimension(dim as u32),
+            )
             .add_field(text("content_hash", 64))
             .add_field(text("model_id", 128))
             .add_field(text("patient_id", 128))
@@ -171,7 +222,13 @@ impl MilvusStore {
         Ok(())
     }
 
-    fn query(&self, filter: &str, fields: &[&str], limit: usize, offset: usize) -> Result<Vec<serde_json::Map<String, Value>>, StoreError> {
+    fn query(
+        &self,
+        filter: &str,
+        fields: &[&str],
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<serde_json::Map<String, Value>>, StoreError> {
         if !self.exists()? {
             return Ok(Vec::new());
         }
@@ -207,7 +264,12 @@ impl MilvusStore {
         }
         self.rt.block_on(async {
             self.client
-                .drop_collection(sdk::request::collection::DropCollectionRequest::builder().collection_name(&self.collection).build().map_err(srv)?)
+                .drop_collection(
+                    sdk::request::collection::DropCollectionRequest::builder()
+                        .collection_name(&self.collection)
+                        .build()
+                        .map_err(srv)?,
+                )
                 .await
                 .map_err(srv)?;
             Ok(())
@@ -261,7 +323,10 @@ impl PriorStore for MilvusStore {
     }
 
     fn model_id(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.query("id >= 0 || id < 0", &["model_id"], 1, 0)?.first().map(|m| str_of(m, "model_id")))
+        Ok(self
+            .query("id >= 0 || id < 0", &["model_id"], 1, 0)?
+            .first()
+            .map(|m| str_of(m, "model_id")))
     }
 
     fn len(&self) -> Result<usize, StoreError> {
@@ -292,14 +357,21 @@ impl PriorStore for MilvusStore {
     }
 
     fn has_hash(&self, hash: &str) -> Result<bool, StoreError> {
-        Ok(!self.query(&format!("id == {}", key_of(hash)), &["id"], 1, 0)?.is_empty())
+        Ok(!self
+            .query(&format!("id == {}", key_of(hash)), &["id"], 1, 0)?
+            .is_empty())
     }
 
     fn insert(&self, records: &[NewRecord]) -> Result<Vec<i64>, StoreError> {
-        let Some(first) = records.first() else { return Ok(Vec::new()) };
+        let Some(first) = records.first() else {
+            return Ok(Vec::new());
+        };
         if let Some(m) = self.model_id()? {
             if let Some(r) = records.iter().find(|r| r.model_id != m) {
-                return Err(StoreError::ModelMismatch { store: m, model: r.model_id.clone() });
+                return Err(StoreError::ModelMismatch {
+                    store: m,
+                    model: r.model_id.clone(),
+                });
             }
         }
         self.ensure(first.embedding.len())?;
@@ -307,10 +379,21 @@ impl PriorStore for MilvusStore {
         Ok(records.iter().map(|r| key_of(&r.content_hash)).collect())
     }
 
-    fn search(&self, query: &[f32], model_id: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>, StoreError> {
-        let Some(store_model) = self.model_id()? else { return Ok(Vec::new()) };
+    fn search(
+        &self,
+        query: &[f32],
+        model_id: &str,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let Some(store_model) = self.model_id()? else {
+            return Ok(Vec::new());
+        };
         if store_model != model_id {
-            return Err(StoreError::ModelMismatch { store: store_model, model: model_id.to_string() });
+            return Err(StoreError::ModelMismatch {
+                store: store_model,
+                model: model_id.to_string(),
+            });
         }
         let mut expr = vec![format!("model_id == {}", quote(model_id))];
         if let Some(p) = filter.exclude_patient.as_deref().filter(|p| !p.is_empty()) {
@@ -336,9 +419,17 @@ impl PriorStore for MilvusStore {
                             .vector_field("embedding")
                             .vectors(SearchVectors::Float(vec![query.to_vec()]))
                             .filter(expr.clone())
-                            .output_fields(FIELDS[1..FIELDS.len() - 1].iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                            .output_fields(
+                                FIELDS[1..FIELDS.len() - 1]
+                                    .iter()
+                                    .map(|s| s.to_string())
+                                    .collect::<Vec<_>>(),
+                            )
                             .limit(fetch as i64)
-                            .extra_params(HashMap::from([("ef".to_string(), 512.max(fetch).to_string())]))
+                            .extra_params(HashMap::from([(
+                                "ef".to_string(),
+                                512.max(fetch).to_string(),
+                            )]))
                             .consistency_level(sdk::ConsistencyLevel::Strong)
                             .build()
                             .map_err(srv)?,
@@ -361,7 +452,14 @@ impl PriorStore for MilvusStore {
                     score: m.get("score").and_then(|v| v.as_f64()).unwrap_or_default() as f32,
                     record: info_of(&m),
                 })
-                .filter(|h| filter.accepts(&h.record.patient_id, &h.record.view, &h.record.labels, !h.record.regions.is_empty()))
+                .filter(|h| {
+                    filter.accepts(
+                        &h.record.patient_id,
+                        &h.record.view,
+                        &h.record.labels,
+                        !h.record.regions.is_empty(),
+                    )
+                })
                 .take(k)
                 .collect();
             if hits.len() >= k || n_rows < fetch || fetch >= 16_384 {
@@ -375,7 +473,12 @@ impl PriorStore for MilvusStore {
         let mut out = Vec::new();
         let page = 1000;
         loop {
-            let rows = self.query("id >= 0 || id < 0", &FIELDS[..FIELDS.len() - 1], page, out.len())?;
+            let rows = self.query(
+                "id >= 0 || id < 0",
+                &FIELDS[..FIELDS.len() - 1],
+                page,
+                out.len(),
+            )?;
             let n = rows.len();
             out.extend(rows.iter().map(info_of));
             if n < page || out.len() + page > 16_384 {
@@ -388,15 +491,23 @@ impl PriorStore for MilvusStore {
 
     fn thumbnail(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         let rows = self.query(&format!("id == {id}"), &["thumbnail"], 1, 0)?;
-        Ok(rows
-            .first()
-            .and_then(|m| base64::engine::general_purpose::STANDARD.decode(str_of(m, "thumbnail")).ok()))
+        Ok(rows.first().and_then(|m| {
+            base64::engine::general_purpose::STANDARD
+                .decode(str_of(m, "thumbnail"))
+                .ok()
+        }))
     }
 
-    fn replace_embeddings(&self, updates: &[(i64, Vec<f32>)], model_id: &str) -> Result<(), StoreError> {
+    fn replace_embeddings(
+        &self,
+        updates: &[(i64, Vec<f32>)],
+        model_id: &str,
+    ) -> Result<(), StoreError> {
         for (id, e) in updates {
             let rows = self.query(&format!("id == {id}"), &FIELDS, 1, 0)?;
-            let Some(mut m) = rows.into_iter().next() else { continue };
+            let Some(mut m) = rows.into_iter().next() else {
+                continue;
+            };
             m.insert("embedding".into(), json!(e));
             m.insert("model_id".into(), json!(model_id));
             self.upsert_rows(vec![Value::Object(m)])?;
@@ -408,7 +519,11 @@ impl PriorStore for MilvusStore {
         if ids.is_empty() || !self.exists()? {
             return Ok(());
         }
-        let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let list = ids
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         self.rt.block_on(async {
             self.client
                 .delete(

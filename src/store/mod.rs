@@ -132,10 +132,18 @@ pub struct Filter {
 impl Filter {
     /// Whether a record passes.
     pub fn accepts(&self, patient: &str, view: &str, labels: &[String], annotated: bool) -> bool {
-        if self.exclude_patient.as_deref().is_some_and(|p| !p.is_empty() && p == patient) {
+        if self
+            .exclude_patient
+            .as_deref()
+            .is_some_and(|p| !p.is_empty() && p == patient)
+        {
             return false;
         }
-        if self.view.as_deref().is_some_and(|v| !v.eq_ignore_ascii_case(view)) {
+        if self
+            .view
+            .as_deref()
+            .is_some_and(|v| !v.eq_ignore_ascii_case(view))
+        {
             return false;
         }
         if !self.labels.is_empty()
@@ -171,14 +179,24 @@ pub trait PriorStore: Send + Sync {
     /// Add records atomically (all or none). Refuses another model's embeddings.
     fn insert(&self, records: &[NewRecord]) -> Result<Vec<i64>, StoreError>;
     /// The `k` nearest records passing `filter`, best first. Refuses a query of another model.
-    fn search(&self, query: &[f32], model_id: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>, StoreError>;
+    fn search(
+        &self,
+        query: &[f32],
+        model_id: &str,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, StoreError>;
     /// Every record's metadata, by id.
     fn records(&self) -> Result<Vec<RecordInfo>, StoreError>;
     /// A record's thumbnail PNG.
     fn thumbnail(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
     /// Replace embeddings (re-embedding with a new model); the store's model becomes `model_id`
     /// once no record of another model is left.
-    fn replace_embeddings(&self, updates: &[(i64, Vec<f32>)], model_id: &str) -> Result<(), StoreError>;
+    fn replace_embeddings(
+        &self,
+        updates: &[(i64, Vec<f32>)],
+        model_id: &str,
+    ) -> Result<(), StoreError>;
     /// Delete records.
     fn delete(&self, ids: &[i64]) -> Result<(), StoreError>;
 }
@@ -199,7 +217,9 @@ pub fn open(spec: Option<&str>) -> Result<Box<dyn PriorStore>, StoreError> {
         Some(s) if s.starts_with("milvus://") => Err(StoreError::Server(
             "this build has no Milvus support (built without the `milvus` feature)".into(),
         )),
-        Some(s) => Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(s))?)),
+        Some(s) => Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
+            s,
+        ))?)),
         None => Ok(Box::new(sqlite::SqliteStore::open(&default_location())?)),
     }
 }
@@ -285,7 +305,12 @@ pub fn icl_shots(
         annotated: true,
         ..Default::default()
     };
-    let hits = store.search(&query.embedding, &lofi.model_id(), (k * 10).max(30), &filter)?;
+    let hits = store.search(
+        &query.embedding,
+        &lofi.model_id(),
+        (k * 10).max(30),
+        &filter,
+    )?;
     let mut out = Vec::new();
     for h in hits {
         if out.len() >= k {
@@ -306,8 +331,16 @@ pub fn icl_shots(
                 continue;
             }
         };
-        let enc = lofi.encode(&img).map_err(|e| StoreError::Db(e.to_string()))?;
-        let boxes = h.record.regions.iter().filter(|o| o.phrase == g.phrase).map(|o| o.bbox).collect();
+        let enc = lofi
+            .encode(&img)
+            .map_err(|e| StoreError::Db(e.to_string()))?;
+        let boxes = h
+            .record
+            .regions
+            .iter()
+            .filter(|o| o.phrase == g.phrase)
+            .map(|o| o.bbox)
+            .collect();
         out.push(IclShot {
             shot: crate::model::tasks::Shot {
                 image: enc,

@@ -88,7 +88,9 @@ fn to_blob(v: &[f32]) -> Vec<u8> {
 }
 
 fn from_blob(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 impl SqliteStore {
@@ -100,9 +102,12 @@ impl SqliteStore {
         })?;
         let path = dir.join("store.sqlite");
         let conn = Connection::open(&path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(db)?;
@@ -138,7 +143,11 @@ impl SqliteStore {
     fn refresh(&self, cache: &mut Cache, model: &str) -> Result<(), StoreError> {
         let conn = self.conn();
         let (count, max_id): (i64, Option<i64>) = conn
-            .query_row("SELECT count(*), max(id) FROM records WHERE model_id = ?1", [model], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT count(*), max(id) FROM records WHERE model_id = ?1",
+                [model],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(db)?;
         let have_max = cache.rows.last().map(|r| r.id);
         let consistent_prefix = cache.model == model
@@ -147,7 +156,11 @@ impl SqliteStore {
                 (None, _) => true,
                 (Some(h), Some(m)) => {
                     let n_le: i64 = conn
-                        .query_row("SELECT count(*) FROM records WHERE model_id = ?1 AND id <= ?2", params![model, h], |r| r.get(0))
+                        .query_row(
+                            "SELECT count(*) FROM records WHERE model_id = ?1 AND id <= ?2",
+                            params![model, h],
+                            |r| r.get(0),
+                        )
                         .map_err(db)?;
                     h <= m && n_le == cache.rows.len() as i64
                 }
@@ -173,9 +186,14 @@ impl SqliteStore {
                 cache.dim = emb.len();
             }
             if emb.len() != cache.dim {
-                return Err(StoreError::Corrupt(format!("record {} has a {}-d embedding", r.get::<_, i64>(0).map_err(db)?, emb.len())));
+                return Err(StoreError::Corrupt(format!(
+                    "record {} has a {}-d embedding",
+                    r.get::<_, i64>(0).map_err(db)?,
+                    emb.len()
+                )));
             }
-            let labels: Vec<String> = serde_json::from_str(&r.get::<_, String>(4).map_err(db)?).unwrap_or_default();
+            let labels: Vec<String> =
+                serde_json::from_str(&r.get::<_, String>(4).map_err(db)?).unwrap_or_default();
             let regions: String = r.get(5).map_err(db)?;
             cache.data.extend_from_slice(&emb);
             cache.rows.push(Row {
@@ -217,13 +235,16 @@ impl SqliteStore {
                 }
             }
         }
-        let h = cache.hnsw.get_or_insert_with(|| Hnsw::new(cache.dim, self.params, 0));
+        let h = cache
+            .hnsw
+            .get_or_insert_with(|| Hnsw::new(cache.dim, self.params, 0));
         let start = h.len();
         for i in start..n {
             h.insert(&cache.data[i * cache.dim..(i + 1) * cache.dim]);
         }
         // persist when the graph grew noticeably (it is only a cache)
-        if n >= cache.hnsw_saved_len + cache.hnsw_saved_len / 10 + 1000 || cache.hnsw_saved_len == 0 {
+        if n >= cache.hnsw_saved_len + cache.hnsw_saved_len / 10 + 1000 || cache.hnsw_saved_len == 0
+        {
             let mut bytes = format!("{n} {}\n", ids_fingerprint(&cache.rows)).into_bytes();
             bytes.extend(h.to_bytes());
             crate::util::atomic_write(&self.index_path(), &bytes).map_err(|e| StoreError::Io {
@@ -283,14 +304,21 @@ impl PriorStore for SqliteStore {
     }
 
     fn len(&self) -> Result<usize, StoreError> {
-        let n: i64 = self.conn().query_row("SELECT count(*) FROM records", [], |r| r.get(0)).map_err(db)?;
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+            .map_err(db)?;
         Ok(n as usize)
     }
 
     fn has_hash(&self, hash: &str) -> Result<bool, StoreError> {
         let n: i64 = self
             .conn()
-            .query_row("SELECT count(*) FROM records WHERE content_hash = ?1", [hash], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM records WHERE content_hash = ?1",
+                [hash],
+                |r| r.get(0),
+            )
             .map_err(db)?;
         Ok(n > 0)
     }
@@ -302,7 +330,9 @@ impl PriorStore for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let store_model: Option<String> = tx
-            .query_row("SELECT value FROM meta WHERE key = 'model_id'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'model_id'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(db)?;
         let dim: Option<String> = tx
@@ -351,15 +381,31 @@ impl PriorStore for SqliteStore {
             ids.push(tx.last_insert_rowid());
         }
         if store_model.is_none() {
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('model_id', ?1)", [&records[0].model_id]).map_err(db)?;
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dim', ?1)", [records[0].embedding.len().to_string()]).map_err(db)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('model_id', ?1)",
+                [&records[0].model_id],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('dim', ?1)",
+                [records[0].embedding.len().to_string()],
+            )
+            .map_err(db)?;
         }
         tx.commit().map_err(db)?;
         Ok(ids)
     }
 
-    fn search(&self, query: &[f32], model_id: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>, StoreError> {
-        let Some(store_model) = self.model_id()? else { return Ok(Vec::new()) };
+    fn search(
+        &self,
+        query: &[f32],
+        model_id: &str,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let Some(store_model) = self.model_id()? else {
+            return Ok(Vec::new());
+        };
         if store_model != model_id {
             return Err(StoreError::ModelMismatch {
                 store: store_model,
@@ -386,15 +432,25 @@ impl PriorStore for SqliteStore {
             Some(h) => h.search(query, k, self.params.ef_search, &pass),
             None => exact_search(&cache.data, cache.dim, query, k, &pass),
         };
-        let ids: Vec<(i64, f32)> = found.iter().map(|(i, s)| (rows[*i as usize].id, *s)).collect();
+        let ids: Vec<(i64, f32)> = found
+            .iter()
+            .map(|(i, s)| (rows[*i as usize].id, *s))
+            .collect();
         drop(cache);
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!("SELECT {} FROM records WHERE id = ?1", Self::INFO_COLS))
+            .prepare(&format!(
+                "SELECT {} FROM records WHERE id = ?1",
+                Self::INFO_COLS
+            ))
             .map_err(db)?;
         let mut out = Vec::with_capacity(ids.len());
         for (id, score) in ids {
-            if let Some(record) = stmt.query_row([id], Self::info_from_row).optional().map_err(db)? {
+            if let Some(record) = stmt
+                .query_row([id], Self::info_from_row)
+                .optional()
+                .map_err(db)?
+            {
                 out.push(Hit { score, record });
             }
         }
@@ -404,7 +460,10 @@ impl PriorStore for SqliteStore {
     fn records(&self) -> Result<Vec<RecordInfo>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!("SELECT {} FROM records ORDER BY id", Self::INFO_COLS))
+            .prepare(&format!(
+                "SELECT {} FROM records ORDER BY id",
+                Self::INFO_COLS
+            ))
             .map_err(db)?;
         let rows = stmt.query_map([], Self::info_from_row).map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
@@ -412,26 +471,47 @@ impl PriorStore for SqliteStore {
 
     fn thumbnail(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn()
-            .query_row("SELECT thumbnail FROM records WHERE id = ?1", [id], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .query_row("SELECT thumbnail FROM records WHERE id = ?1", [id], |r| {
+                r.get::<_, Option<Vec<u8>>>(0)
+            })
             .optional()
             .map(|o| o.flatten())
             .map_err(db)
     }
 
-    fn replace_embeddings(&self, updates: &[(i64, Vec<f32>)], model_id: &str) -> Result<(), StoreError> {
+    fn replace_embeddings(
+        &self,
+        updates: &[(i64, Vec<f32>)],
+        model_id: &str,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         for (id, e) in updates {
-            tx.execute("UPDATE records SET embedding = ?1, model_id = ?2 WHERE id = ?3", params![to_blob(e), model_id, id])
-                .map_err(db)?;
+            tx.execute(
+                "UPDATE records SET embedding = ?1, model_id = ?2 WHERE id = ?3",
+                params![to_blob(e), model_id, id],
+            )
+            .map_err(db)?;
         }
         let others: i64 = tx
-            .query_row("SELECT count(*) FROM records WHERE model_id != ?1", [model_id], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM records WHERE model_id != ?1",
+                [model_id],
+                |r| r.get(0),
+            )
             .map_err(db)?;
         if others == 0 {
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('model_id', ?1)", [model_id]).map_err(db)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('model_id', ?1)",
+                [model_id],
+            )
+            .map_err(db)?;
             if let Some((_, e)) = updates.first() {
-                tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dim', ?1)", [e.len().to_string()]).map_err(db)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('dim', ?1)",
+                    [e.len().to_string()],
+                )
+                .map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
@@ -445,7 +525,8 @@ impl PriorStore for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         for id in ids {
-            tx.execute("DELETE FROM records WHERE id = ?1", [id]).map_err(db)?;
+            tx.execute("DELETE FROM records WHERE id = ?1", [id])
+                .map_err(db)?;
         }
         tx.commit().map_err(db)?;
         drop(conn);

@@ -385,7 +385,11 @@ impl Trainer {
         let store = ParamStore::new(cfg.seed, source, trainable_fn(cfg.freeze, cfg.freeze_text));
         let vb = store.var_builder(dtype, &device);
         // the sigmoid bias is created first so a from-scratch run starts from the configured value
-        let _ = vb.get_with_hints(1, "logit_bias", candle_nn::Init::Const(cfg.sigmoid_bias_init))?;
+        let _ = vb.get_with_hints(
+            1,
+            "logit_bias",
+            candle_nn::Init::Const(cfg.sigmoid_bias_init),
+        )?;
         let model = LofiModel::new(&model_cfg, vb)?;
         Ok(Self {
             model,
@@ -460,7 +464,10 @@ impl Trainer {
         let len = self.model.text.max_len();
         let mut ids = Vec::with_capacity(b * len);
         for s in samples {
-            ids.extend(self.tokenizer.encode_fixed(&s.text, len, self.model.text.pad_left())?);
+            ids.extend(
+                self.tokenizer
+                    .encode_fixed(&s.text, len, self.model.text.pad_left())?,
+            );
         }
         let ids = Tensor::from_vec(ids, (b, len), &self.device)?;
         let txt = l2_normalize(&self.model.text.embed(&ids, self.tokenizer.pad)?)?;

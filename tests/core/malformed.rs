@@ -40,7 +40,11 @@ fn exercise(bytes: &[u8]) {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Vec<usize> {
-    hay.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect()
+    hay.windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 #[test]
@@ -86,7 +90,9 @@ fn lying_lengths_are_rejected_before_allocation() {
                         Ok(Err(_)) => {}
                         Err(_) => panic!("{name}: panic on a lying length at {pos}"),
                     }
-                    if let Ok(Ok(())) = std::panic::catch_unwind(|| dicom::preflight::check(&m).map(|_| ())) {
+                    if let Ok(Ok(())) =
+                        std::panic::catch_unwind(|| dicom::preflight::check(&m).map(|_| ()))
+                    {
                         // accepted only if that field was not a real length (inside a value)
                     }
                 }
@@ -100,7 +106,10 @@ fn lying_lengths_are_rejected_before_allocation() {
     m[pos + 8..pos + 12].copy_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
     let e = dicom::preflight::check(&m).unwrap_err();
     assert!(e.0.contains("declares"), "{e}");
-    assert!(matches!(dicom::load_dicom_bytes(&m), Err(dicom::DicomError::Parse(_))));
+    assert!(matches!(
+        dicom::load_dicom_bytes(&m),
+        Err(dicom::DicomError::Parse(_))
+    ));
 }
 
 #[test]
@@ -118,7 +127,11 @@ fn mislabelled_and_unknown_transfer_syntaxes_give_errors() {
         let mut m = b.clone();
         m[pos..pos + uid.len()].copy_from_slice(&other[..uid.len()]);
         let r = std::panic::catch_unwind(|| dicom::load_dicom_bytes(&m).map(|_| ()));
-        assert!(matches!(r, Ok(Err(_))), "{} should be an error", String::from_utf8_lossy(other));
+        assert!(
+            matches!(r, Ok(Err(_))),
+            "{} should be an error",
+            String::from_utf8_lossy(other)
+        );
     }
 }
 
@@ -139,8 +152,14 @@ fn cli_reports_one_line_errors() {
     let d = tempfile::tempdir().unwrap();
     let cases: Vec<(PathBuf, Vec<u8>)> = vec![
         (d.path().join("empty.dcm"), vec![]),
-        (d.path().join("text.dcm"), b"hello, I am not a DICOM file at all".to_vec()),
-        (d.path().join("trunc.dcm"), std::fs::read(fixtures().join("ts/b8.dcm")).unwrap()[..900].to_vec()),
+        (
+            d.path().join("text.dcm"),
+            b"hello, I am not a DICOM file at all".to_vec(),
+        ),
+        (
+            d.path().join("trunc.dcm"),
+            std::fs::read(fixtures().join("ts/b8.dcm")).unwrap()[..900].to_vec(),
+        ),
     ];
     for (p, bytes) in &cases {
         std::fs::write(p, bytes).unwrap();
@@ -168,5 +187,8 @@ fn cli_reports_one_line_errors() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing model file") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("missing model file") && err.lines().count() == 1,
+        "{err}"
+    );
 }

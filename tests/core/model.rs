@@ -12,6 +12,7 @@ use lofi_viewer::model::decoder::{Decoder, KvCache};
 use lofi_viewer::model::params::ParamStore;
 use lofi_viewer::model::text::TextModel;
 use lofi_viewer::model::vision::VisionModel;
+use lofi_viewer::model::Lofi;
 
 use super::common::max_abs_diff;
 
@@ -326,7 +327,11 @@ fn hf_layout_checkpoints_load_through_the_hf_path() {
     assert_eq!(cfg.decoder.num_hidden_layers, 2);
     assert!(cfg.decoder.is_sliding(0) && !cfg.decoder.is_sliding(1));
     // random weights written with HF key names (vision_model.*, text_model.*, model.*)
-    let all = randomized(|vb| lofi_viewer::model::LofiModel::new(&cfg, vb).map(|_| ()).map_err(|e| candle_core::Error::Msg(e.to_string())));
+    let all = randomized(|vb| {
+        lofi_viewer::model::LofiModel::new(&cfg, vb)
+            .map(|_| ())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    });
     let mut s_t = HashMap::new();
     let mut g_t = HashMap::new();
     for (k, v) in &all {
@@ -340,25 +345,44 @@ fn hf_layout_checkpoints_load_through_the_hf_path() {
     write_st(&gem.join("model.safetensors"), &g_t);
     let src = HfSources::open(Some(&sig), Some(&gem)).unwrap();
     let store = ParamStore::new(0, Some(Box::new(src)), Arc::new(|_| true));
-    let model = lofi_viewer::model::LofiModel::new(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    let model =
+        lofi_viewer::model::LofiModel::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))
+            .unwrap();
     let loaded = store.tensors();
-    for k in ["vision_model.encoder.layers.1.mlp.fc2.weight", "text_model.head.weight", "decoder.model.layers.1.self_attn.q_norm.weight", "logit_bias"] {
+    for k in [
+        "vision_model.encoder.layers.1.mlp.fc2.weight",
+        "text_model.head.weight",
+        "decoder.model.layers.1.self_attn.q_norm.weight",
+        "logit_bias",
+    ] {
         assert_eq!(max_abs_diff(&loaded[k], &all[k]), 0.0, "{k}");
     }
     // the loaded vision tower equals the stock one on the HF file
     let vb = unsafe_free_vb(&sig.join("model.safetensors"));
-    let stock = siglip::VisionModel::new(&stock_vision_cfg(&cfg.vision), true, vb.pp("vision_model")).unwrap();
+    let stock =
+        siglip::VisionModel::new(&stock_vision_cfg(&cfg.vision), true, vb.pp("vision_model"))
+            .unwrap();
     let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu).unwrap();
-    let d1 = max_abs_diff(model.vision.forward(&x).unwrap().pooled.as_ref().unwrap(), &stock.forward(&x).unwrap());
+    let d1 = max_abs_diff(
+        model.vision.forward(&x).unwrap().pooled.as_ref().unwrap(),
+        &stock.forward(&x).unwrap(),
+    );
     assert!(d1 <= 1e-4, "{d1}");
     // a tensor of the wrong shape is an error naming it
     let mut bad = s_t.clone();
-    bad.insert("vision_model.post_layernorm.weight".into(), Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap());
+    bad.insert(
+        "vision_model.post_layernorm.weight".into(),
+        Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
+    );
     write_st(&sig.join("model.safetensors"), &bad);
     let src = HfSources::open(Some(&sig), Some(&gem)).unwrap();
     let store = ParamStore::new(0, Some(Box::new(src)), Arc::new(|_| true));
-    let e = lofi_viewer::model::LofiModel::new(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap_err();
-    assert!(e.to_string().contains("vision_model.post_layernorm.weight"), "{e}");
+    let e = lofi_viewer::model::LofiModel::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("vision_model.post_layernorm.weight"),
+        "{e}"
+    );
     // a folder holding only a pickle checkpoint is refused, never executed
     let p = d.path().join("pickle");
     std::fs::create_dir_all(&p).unwrap();
@@ -384,21 +408,87 @@ fn lora_merges_into_the_exported_model() {
     let tr = Trainer::new(cfg, Device::Cpu).unwrap();
     for (n, v) in tr.store.trainable() {
         if n.ends_with("lora_B.weight") {
-            v.set(&v.as_tensor().randn_like(0.0, 0.05).unwrap()).unwrap();
+            v.set(&v.as_tensor().randn_like(0.0, 0.05).unwrap())
+                .unwrap();
         }
     }
     let x = Tensor::randn(0f32, 1.0, (1, 1, 64, 64), &Device::Cpu).unwrap();
     let ids = Tensor::new(&[[5u32, 77, 1024, 9]], &Device::Cpu).unwrap();
     let before_v = tr.model.vision.forward(&x).unwrap().tokens;
-    let before_d = tr.model.decoder.forward_embeds(&tr.model.decoder.embed(&ids).unwrap(), None).unwrap();
+    let before_d = tr
+        .model
+        .decoder
+        .forward_embeds(&tr.model.decoder.embed(&ids).unwrap(), None)
+        .unwrap();
     let d = tempfile::tempdir().unwrap();
     export_model(&tr, d.path(), None).unwrap();
-    let lofi = lofi_viewer::model::Lofi::load(d.path(), lofi_viewer::model::load::DeviceChoice::Cpu).unwrap();
-    assert!(lofi.config().lora.is_none(), "exported config still lists LoRA");
+    let lofi =
+        lofi_viewer::model::Lofi::load(d.path(), lofi_viewer::model::load::DeviceChoice::Cpu)
+            .unwrap();
+    assert!(
+        lofi.config().lora.is_none(),
+        "exported config still lists LoRA"
+    );
     let after_v = lofi.model.vision.forward(&x).unwrap().tokens;
-    let after_d = lofi.model.decoder.forward_embeds(&lofi.model.decoder.embed(&ids).unwrap(), None).unwrap();
+    let after_d = lofi
+        .model
+        .decoder
+        .forward_embeds(&lofi.model.decoder.embed(&ids).unwrap(), None)
+        .unwrap();
     assert!(max_abs_diff(&before_v, &after_v) < 1e-4);
     assert!(max_abs_diff(&before_d, &after_d) < 1e-4);
-    let st = candle_core::safetensors::load(d.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let st =
+        candle_core::safetensors::load(d.path().join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(st.keys().all(|k| !k.contains("lora")));
+}
+
+#[test]
+fn f16_bundle_loads_and_matches_f32() {
+    let d = tempfile::tempdir().unwrap();
+    let src = super::store::tiny_model_dir(d.path());
+    let dst = d.path().join("f16");
+    lofi_viewer::model::load::convert_model_dir(&src, &dst, DType::F16, Some("# card\n")).unwrap();
+    let size = |p: &std::path::Path| {
+        std::fs::metadata(p.join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(
+        size(&dst) * 10 < size(&src) * 6,
+        "f16 weights are not about half the size"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("MODEL_CARD.md")).unwrap(),
+        "# card\n"
+    );
+    let a = Lofi::load(&src, lofi_viewer::model::load::DeviceChoice::Cpu).unwrap();
+    let b = Lofi::load(&dst, lofi_viewer::model::load::DeviceChoice::Cpu).unwrap();
+    let img = lofi_viewer::dicom::load_gray8(
+        &super::common::fixtures().join("nih/images/00005066_030.png"),
+    )
+    .unwrap();
+    let (ea, eb) = (
+        a.encode(&img).unwrap().embedding,
+        b.encode(&img).unwrap().embedding,
+    );
+    let cos: f32 = ea.iter().zip(&eb).map(|(x, y)| x * y).sum();
+    assert!(cos > 0.999, "f16 storage changed the embedding: cos {cos}");
+    // a centring vector is stored, loaded and subtracted before normalisation
+    let center: Vec<f32> = (0..eb.len()).map(|i| 0.01 * i as f32).collect();
+    lofi_viewer::model::load::write_embedding_center(&dst, &center).unwrap();
+    let c = Lofi::load(&dst, lofi_viewer::model::load::DeviceChoice::Cpu).unwrap();
+    assert!(c.embedding_center.is_some());
+    let raw = &c.pooled_features(&[&img]).unwrap()[0];
+    let want: Vec<f32> = raw.iter().zip(&center).map(|(r, m)| r - m).collect();
+    let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let got = c.encode(&img).unwrap().embedding;
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w / norm).abs() < 1e-5);
+    }
+    // a missing file is a clear error
+    std::fs::remove_file(src.join("tokenizer.json")).unwrap();
+    let e =
+        lofi_viewer::model::load::convert_model_dir(&src, &d.path().join("x"), DType::F16, None)
+            .unwrap_err();
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
 }

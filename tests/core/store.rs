@@ -18,7 +18,11 @@ fn rec(i: usize, emb: &[f32], model: &str) -> NewRecord {
         series_uid: format!("1.2.3.{i}.1"),
         sop_uid: format!("1.2.3.{i}.1.1"),
         view: if i % 2 == 0 { "PA".into() } else { "AP".into() },
-        labels: if i % 3 == 0 { vec!["Effusion".into()] } else { vec!["Nodule".into()] },
+        labels: if i % 3 == 0 {
+            vec!["Effusion".into()]
+        } else {
+            vec!["Nodule".into()]
+        },
         report: Some(format!("report {i}")),
         regions: if i % 4 == 0 {
             vec![Region {
@@ -41,7 +45,9 @@ fn rec(i: usize, emb: &[f32], model: &str) -> NewRecord {
 pub fn store_suite(store: &dyn PriorStore) {
     let dim = 32;
     let data = random_unit_vectors(60, dim, 11);
-    let recs: Vec<NewRecord> = (0..60).map(|i| rec(i, &data[i * dim..(i + 1) * dim], "m@1")).collect();
+    let recs: Vec<NewRecord> = (0..60)
+        .map(|i| rec(i, &data[i * dim..(i + 1) * dim], "m@1"))
+        .collect();
     assert_eq!(store.len().unwrap(), 0);
     assert!(store.model_id().unwrap().is_none());
     store.insert(&recs[..30]).unwrap();
@@ -54,25 +60,45 @@ pub fn store_suite(store: &dyn PriorStore) {
     assert!(!store.has_hash("nope").unwrap());
     // each record finds itself first
     for i in [0, 13, 59] {
-        let hits = store.search(&recs[i].embedding, "m@1", 5, &Filter::default()).unwrap();
-        assert_eq!(hits[0].record.content_hash, recs[i].content_hash, "record {i}");
+        let hits = store
+            .search(&recs[i].embedding, "m@1", 5, &Filter::default())
+            .unwrap();
+        assert_eq!(
+            hits[0].record.content_hash, recs[i].content_hash,
+            "record {i}"
+        );
         assert!((hits[0].score - 1.0).abs() < 1e-4);
-        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "best first");
+        assert!(
+            hits.windows(2).all(|w| w[0].score >= w[1].score),
+            "best first"
+        );
         assert_eq!(hits[0].record.labels, recs[i].labels);
         assert_eq!(hits[0].record.regions, recs[i].regions);
         assert_eq!(hits[0].record.report, recs[i].report);
     }
     // filters
     let q = &recs[0].embedding;
-    let f = Filter { exclude_patient: Some("P0".into()), ..Default::default() };
+    let f = Filter {
+        exclude_patient: Some("P0".into()),
+        ..Default::default()
+    };
     let hits = store.search(q, "m@1", 10, &f).unwrap();
     assert_eq!(hits.len(), 10);
     assert!(hits.iter().all(|h| h.record.patient_id != "P0"));
-    let f = Filter { view: Some("AP".into()), labels: vec!["Effusion".into()], ..Default::default() };
+    let f = Filter {
+        view: Some("AP".into()),
+        labels: vec!["Effusion".into()],
+        ..Default::default()
+    };
     let hits = store.search(q, "m@1", 10, &f).unwrap();
     assert_eq!(hits.len(), 10);
-    assert!(hits.iter().all(|h| h.record.view == "AP" && h.record.labels == vec!["Effusion".to_string()]));
-    let f = Filter { annotated: true, ..Default::default() };
+    assert!(hits
+        .iter()
+        .all(|h| h.record.view == "AP" && h.record.labels == vec!["Effusion".to_string()]));
+    let f = Filter {
+        annotated: true,
+        ..Default::default()
+    };
     let hits = store.search(q, "m@1", 100, &f).unwrap();
     assert_eq!(hits.len(), 15);
     assert!(hits.iter().all(|h| !h.record.regions.is_empty()));
@@ -95,19 +121,28 @@ pub fn store_suite(store: &dyn PriorStore) {
     let updates: Vec<(i64, Vec<f32>)> = all
         .iter()
         .map(|r| {
-            let i: usize = r.path.trim_start_matches("/data/img").trim_end_matches(".png").parse().unwrap();
+            let i: usize = r
+                .path
+                .trim_start_matches("/data/img")
+                .trim_end_matches(".png")
+                .parse()
+                .unwrap();
             (r.id, new[i * dim..(i + 1) * dim].to_vec())
         })
         .collect();
     store.replace_embeddings(&updates, "m@2").unwrap();
     assert_eq!(store.model_id().unwrap().as_deref(), Some("m@2"));
-    let hits = store.search(&new[5 * dim..6 * dim], "m@2", 1, &Filter::default()).unwrap();
+    let hits = store
+        .search(&new[5 * dim..6 * dim], "m@2", 1, &Filter::default())
+        .unwrap();
     assert_eq!(hits[0].record.path, "/data/img5.png");
     // delete
     let gone: Vec<i64> = all.iter().take(10).map(|r| r.id).collect();
     store.delete(&gone).unwrap();
     assert_eq!(store.len().unwrap(), 50);
-    let hits = store.search(&new[0..dim], "m@2", 60, &Filter::default()).unwrap();
+    let hits = store
+        .search(&new[0..dim], "m@2", 60, &Filter::default())
+        .unwrap();
     assert_eq!(hits.len(), 50);
     assert!(hits.iter().all(|h| !gone.contains(&h.record.id)));
 }
@@ -133,12 +168,16 @@ fn milvus_store_passes_the_suite() {
     // CI starts a real Milvus standalone server in a private network namespace and runs this
     // test there with LOFI_MILVUS=HOST:PORT (see scripts/test.sh)
     let Ok(addr) = std::env::var("LOFI_MILVUS") else {
-        assert!(std::env::var("LOFI_REQUIRE_MILVUS").is_err(), "LOFI_MILVUS is not set but a Milvus run was required");
+        assert!(
+            std::env::var("LOFI_REQUIRE_MILVUS").is_err(),
+            "LOFI_MILVUS is not set but a Milvus run was required"
+        );
         eprintln!("LOFI_MILVUS not set: the Milvus backend is tested by scripts/test.sh inside its namespace");
         return;
     };
     let name = format!("lofi_test_{}", std::process::id());
-    let s = lofi_viewer::store::milvus::MilvusStore::connect(&format!("milvus://{addr}/{name}")).unwrap();
+    let s = lofi_viewer::store::milvus::MilvusStore::connect(&format!("milvus://{addr}/{name}"))
+        .unwrap();
     s.drop_collection().unwrap();
     store_suite(&s);
     s.drop_collection().unwrap();
@@ -150,7 +189,9 @@ fn damaged_store_gives_a_clear_error() {
     {
         let s = SqliteStore::open(d.path()).unwrap();
         let data = random_unit_vectors(3, 8, 1);
-        let recs: Vec<NewRecord> = (0..3).map(|i| rec(i, &data[i * 8..(i + 1) * 8], "m@1")).collect();
+        let recs: Vec<NewRecord> = (0..3)
+            .map(|i| rec(i, &data[i * 8..(i + 1) * 8], "m@1"))
+            .collect();
         s.insert(&recs).unwrap();
     }
     let db = d.path().join("store.sqlite");
@@ -170,8 +211,15 @@ fn damaged_store_gives_a_clear_error() {
     }
     // not a database at all
     let e = tempfile::tempdir().unwrap();
-    std::fs::write(e.path().join("store.sqlite"), b"this is not sqlite, just text that is long enough").unwrap();
-    assert!(matches!(SqliteStore::open(e.path()), Err(StoreError::Corrupt(_))));
+    std::fs::write(
+        e.path().join("store.sqlite"),
+        b"this is not sqlite, just text that is long enough",
+    )
+    .unwrap();
+    assert!(matches!(
+        SqliteStore::open(e.path()),
+        Err(StoreError::Corrupt(_))
+    ));
 }
 
 #[test]
@@ -181,9 +229,13 @@ fn damaged_ann_index_is_rebuilt() {
     s.exact_threshold = 10;
     let dim = 16;
     let data = random_unit_vectors(200, dim, 3);
-    let recs: Vec<NewRecord> = (0..200).map(|i| rec(i, &data[i * dim..(i + 1) * dim], "m@1")).collect();
+    let recs: Vec<NewRecord> = (0..200)
+        .map(|i| rec(i, &data[i * dim..(i + 1) * dim], "m@1"))
+        .collect();
     s.insert(&recs).unwrap();
-    let before = s.search(&data[..dim], "m@1", 5, &Filter::default()).unwrap();
+    let before = s
+        .search(&data[..dim], "m@1", 5, &Filter::default())
+        .unwrap();
     assert!(d.path().join("index.hnsw").exists());
     drop(s);
     let idx = d.path().join("index.hnsw");
@@ -193,7 +245,9 @@ fn damaged_ann_index_is_rebuilt() {
     std::fs::write(&idx, b).unwrap();
     let mut s = SqliteStore::open(d.path()).unwrap();
     s.exact_threshold = 10;
-    let after = s.search(&data[..dim], "m@1", 5, &Filter::default()).unwrap();
+    let after = s
+        .search(&data[..dim], "m@1", 5, &Filter::default())
+        .unwrap();
     assert_eq!(before[0].record.id, after[0].record.id);
 }
 
@@ -209,8 +263,15 @@ fn ann_recall_at_10_on_100k_random_vectors() {
     let queries = random_unit_vectors(200, dim, 43);
     let mut hit = 0;
     for q in queries.chunks_exact(dim) {
-        let exact: Vec<u32> = exact_search(&data, dim, q, 10, &|_| true).into_iter().map(|x| x.0).collect();
-        let ann: Vec<u32> = h.search(q, 10, params.ef_search, &|_| true).into_iter().map(|x| x.0).collect();
+        let exact: Vec<u32> = exact_search(&data, dim, q, 10, &|_| true)
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        let ann: Vec<u32> = h
+            .search(q, 10, params.ef_search, &|_| true)
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         hit += ann.iter().filter(|i| exact.contains(i)).count();
     }
     let recall = hit as f64 / (200.0 * 10.0);
@@ -233,10 +294,18 @@ pub fn tiny_model_dir(dir: &Path) -> PathBuf {
 
 fn nih_folder(dir: &Path, n: usize) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/nih-train-512/images");
-    let src = if src.exists() { src } else { super::common::fixtures().join("nih/images") };
+    let src = if src.exists() {
+        src
+    } else {
+        super::common::fixtures().join("nih/images")
+    };
     let out = dir.join("images");
     std::fs::create_dir_all(&out).unwrap();
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&src).unwrap().flatten().map(|e| e.path()).collect();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&src)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     names.sort();
     for p in names.into_iter().take(n) {
         std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
@@ -259,12 +328,23 @@ fn index_survives_sigkill_and_completes_without_duplicates() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     let index_cmd = || {
         let mut c = Command::new(bin());
-        c.args(["--headless", "--model"]).arg(&model).args(["--device", "cpu", "--store"]).arg(&store).args(["index", "--batch", "4"]).arg(&images);
+        c.args(["--headless", "--model"])
+            .arg(&model)
+            .args(["--device", "cpu", "--store"])
+            .arg(&store)
+            .args(["index", "--batch", "4"])
+            .arg(&images);
         c
     };
     for trial in 0..20 {
-        let mut child = index_cmd().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(150..2500)));
+        let mut child = index_cmd()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(
+            rng.random_range(150..2500),
+        ));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         // after every kill: the store opens and every committed record is intact
@@ -272,9 +352,16 @@ fn index_survives_sigkill_and_completes_without_duplicates() {
         let recs = s.records().unwrap();
         for r in &recs {
             let bytes = std::fs::read(&r.path).unwrap();
-            assert_eq!(lofi_viewer::util::sha256_hex(&bytes), r.content_hash, "trial {trial}");
+            assert_eq!(
+                lofi_viewer::util::sha256_hex(&bytes),
+                r.content_hash,
+                "trial {trial}"
+            );
             let t = s.thumbnail(r.id).unwrap().unwrap();
-            assert!(image::load_from_memory(&t).is_ok(), "trial {trial}: thumbnail");
+            assert!(
+                image::load_from_memory(&t).is_ok(),
+                "trial {trial}: thumbnail"
+            );
         }
         if let Some(first) = recs.first() {
             let hits = s.search(&[0.0; 0], "x", 1, &Filter::default());
@@ -283,7 +370,11 @@ fn index_survives_sigkill_and_completes_without_duplicates() {
         }
     }
     let out = index_cmd().output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = SqliteStore::open(&store).unwrap();
     let recs = s.records().unwrap();
     assert_eq!(recs.len(), n_files);
@@ -315,8 +406,24 @@ fn search_while_indexing_is_consistent() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let lofi = lofi_viewer::model::Lofi::load(&model, lofi_viewer::model::load::DeviceChoice::Cpu).unwrap();
-    let q = lofi.encode(&lofi_viewer::dicom::load_gray8(&images.join(std::fs::read_dir(&images).unwrap().next().unwrap().unwrap().file_name())).unwrap()).unwrap().embedding;
+    let lofi = lofi_viewer::model::Lofi::load(&model, lofi_viewer::model::load::DeviceChoice::Cpu)
+        .unwrap();
+    let q = lofi
+        .encode(
+            &lofi_viewer::dicom::load_gray8(
+                &images.join(
+                    std::fs::read_dir(&images)
+                        .unwrap()
+                        .next()
+                        .unwrap()
+                        .unwrap()
+                        .file_name(),
+                ),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+        .embedding;
     let mut rounds = 0;
     let mut last_len = 0;
     loop {
@@ -326,7 +433,9 @@ fn search_while_indexing_is_consistent() {
             assert!(n >= last_len, "the store shrank while indexing");
             last_len = n;
             if n > 0 {
-                let hits = s.search(&q, &lofi.model_id(), 10, &Filter::default()).unwrap();
+                let hits = s
+                    .search(&q, &lofi.model_id(), 10, &Filter::default())
+                    .unwrap();
                 assert!(hits.len() <= n.min(10));
                 assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
                 let mut ids: Vec<i64> = hits.iter().map(|h| h.record.id).collect();

@@ -363,7 +363,9 @@ fn killed_during_checkpoints_resumes_to_the_same_weights() {
     let mut kills = 0;
     for trial in 0..8 {
         let mut child = run(&killed, trial > 0).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(300..2500)));
+        std::thread::sleep(std::time::Duration::from_millis(
+            rng.random_range(300..2500),
+        ));
         if child.try_wait().unwrap().is_none() {
             kills += 1;
         }
@@ -381,4 +383,19 @@ fn killed_during_checkpoints_resumes_to_the_same_weights() {
         weights(&killed.join("model")),
         "killed-and-resumed run differs from the straight run"
     );
+}
+
+#[test]
+fn shipped_training_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let c = TrainConfig::from_toml(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(c.steps > 0 && c.lr > 0.0, "{}", p.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
 }

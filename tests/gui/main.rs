@@ -18,9 +18,12 @@ fn fixtures() -> PathBuf {
 #[test]
 fn shader_validates_with_naga() {
     let module = naga::front::wgsl::parse_str(SHADER).expect("WGSL parses");
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-        .validate(&module)
-        .expect("WGSL validates");
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .expect("WGSL validates");
 }
 
 fn compare(gpu: &HeadlessGpu, img: &dicom::LoadedImage, p: &DisplayParams, what: &str) {
@@ -41,14 +44,27 @@ fn compare(gpu: &HeadlessGpu, img: &dicom::LoadedImage, p: &DisplayParams, what:
 #[test]
 fn gpu_and_cpu_renders_agree() {
     let gpu = HeadlessGpu::new().expect("a wgpu adapter (lavapipe in CI)");
-    let rg1 = dicom::load(&fixtures().join("dicom/RG1_J2KI_cr_chest_pa_15bit_mono1_j2k.dcm")).unwrap();
+    let rg1 =
+        dicom::load(&fixtures().join("dicom/RG1_J2KI_cr_chest_pa_15bit_mono1_j2k.dcm")).unwrap();
     let def = DisplayParams {
         voi: lut::default_voi(&rg1.info, &rg1.frames[0]),
         invert: false,
     };
     compare(&gpu, &rg1, &def, "RG1 default window (MONOCHROME1)");
-    compare(&gpu, &rg1, &DisplayParams { invert: true, ..def }, "RG1 inverted");
-    for function in [VoiFunction::Linear, VoiFunction::LinearExact, VoiFunction::Sigmoid] {
+    compare(
+        &gpu,
+        &rg1,
+        &DisplayParams {
+            invert: true,
+            ..def
+        },
+        "RG1 inverted",
+    );
+    for function in [
+        VoiFunction::Linear,
+        VoiFunction::LinearExact,
+        VoiFunction::Sigmoid,
+    ] {
         let p = DisplayParams {
             voi: Voi::Window {
                 center: 9000.0,
@@ -80,7 +96,15 @@ fn gpu_and_cpu_renders_agree() {
         data: (0..256u32).map(|i| ((i * i) / 16) as u16).collect(),
         explanation: Some("square".into()),
     }];
-    compare(&gpu, &lutted, &DisplayParams { voi: Voi::Lut(0), invert: false }, "VOI LUT");
+    compare(
+        &gpu,
+        &lutted,
+        &DisplayParams {
+            voi: Voi::Lut(0),
+            invert: false,
+        },
+        "VOI LUT",
+    );
 }
 
 fn harness_for(paths: Vec<PathBuf>) -> Harness<'static, LofiApp> {
@@ -105,16 +129,23 @@ fn wait_until(h: &mut Harness<'static, LofiApp>, what: &str, cond: impl Fn(&Lofi
     while !cond(h.state()) {
         h.step();
         std::thread::sleep(Duration::from_millis(20));
-        assert!(t0.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
     }
     h.run_steps(3);
 }
 
 #[test]
 fn viewer_snapshot_with_rg1() {
-    let mut h = harness_for(vec![fixtures().join("dicom/RG1_J2KI_cr_chest_pa_15bit_mono1_j2k.dcm")]);
+    let mut h = harness_for(vec![
+        fixtures().join("dicom/RG1_J2KI_cr_chest_pa_15bit_mono1_j2k.dcm")
+    ]);
     wait_until(&mut h, "RG1 and its thumbnail", |a| {
-        a.viewports[0].image.is_some() && a.thumbnails.values().all(|t| t.is_some()) && !a.thumbnails.is_empty()
+        a.viewports[0].image.is_some()
+            && a.thumbnails.values().all(|t| t.is_some())
+            && !a.thumbnails.is_empty()
     });
     h.snapshot("viewer_rg1");
 }
@@ -187,7 +218,9 @@ fn typed_finding_is_grounded_with_the_bundled_model() {
                 )
             })
     };
-    wait_until(&mut h, "image and model", |a| a.viewports[0].image.is_some() && a.ai.model.is_some());
+    wait_until(&mut h, "image and model", |a| {
+        a.viewports[0].image.is_some() && a.ai.model.is_some()
+    });
     let field = h.get_by_label("Finding");
     field.focus();
     h.run_steps(2);
@@ -195,7 +228,10 @@ fn typed_finding_is_grounded_with_the_bundled_model() {
     h.run_steps(2);
     h.key_press(egui::Key::Enter);
     h.run_steps(2);
-    assert!(h.state().ai.running.is_some(), "Enter did not start grounding on a background thread");
+    assert!(
+        h.state().ai.running.is_some(),
+        "Enter did not start grounding on a background thread"
+    );
     // frames keep coming while the model runs: record each frame's time (reported, not asserted)
     let mut frame_ms = Vec::new();
     let t0 = Instant::now();
@@ -204,7 +240,10 @@ fn typed_finding_is_grounded_with_the_bundled_model() {
         h.step();
         frame_ms.push(s.elapsed().as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(5));
-        assert!(t0.elapsed() < Duration::from_secs(120), "grounding did not finish");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "grounding did not finish"
+        );
     }
     frame_ms.sort_by(f64::total_cmp);
     if let (Some(mid), Some(max)) = (frame_ms.get(frame_ms.len() / 2), frame_ms.last()) {
@@ -215,12 +254,30 @@ fn typed_finding_is_grounded_with_the_bundled_model() {
         );
     }
     wait_until(&mut h, "grounding result", |a| {
-        a.ai.running.is_none() && a.ai.results.values().any(|r| r.findings.iter().any(|f| f.phrase == "cardiomegaly"))
+        a.ai.running.is_none()
+            && a.ai
+                .results
+                .values()
+                .any(|r| r.findings.iter().any(|f| f.phrase == "cardiomegaly"))
     });
     let app = h.state();
-    let results = app.ai.results.values().find(|r| r.findings.iter().any(|f| f.phrase == "cardiomegaly")).unwrap().clone();
-    let finding = results.findings.iter().find(|f| f.phrase == "cardiomegaly").unwrap().clone();
-    assert!(!finding.boxes.is_empty(), "the bundled model found no cardiomegaly box");
+    let results = app
+        .ai
+        .results
+        .values()
+        .find(|r| r.findings.iter().any(|f| f.phrase == "cardiomegaly"))
+        .unwrap()
+        .clone();
+    let finding = results
+        .findings
+        .iter()
+        .find(|f| f.phrase == "cardiomegaly")
+        .unwrap()
+        .clone();
+    assert!(
+        !finding.boxes.is_empty(),
+        "the bundled model found no cardiomegaly box"
+    );
     let b = finding.boxes[0].clone();
     // in the list
     let _ = h.get_by_label_contains("box 1 · score");
@@ -238,7 +295,12 @@ fn typed_finding_is_grounded_with_the_bundled_model() {
     let mut total = 0;
     for k in 1..20 {
         let t = k as f32 / 20.0;
-        for (p, q) in [(corners[0], corners[1]), (corners[1], corners[2]), (corners[2], corners[3]), (corners[3], corners[0])] {
+        for (p, q) in [
+            (corners[0], corners[1]),
+            (corners[1], corners[2]),
+            (corners[2], corners[3]),
+            (corners[3], corners[0]),
+        ] {
             let x = ((p.x + (q.x - p.x) * t) * ppp).round() as i64;
             let y = ((p.y + (q.y - p.y) * t) * ppp).round() as i64;
             total += 1;
@@ -249,13 +311,18 @@ fn typed_finding_is_grounded_with_the_bundled_model() {
                         return false;
                     }
                     let c = shot.get_pixel(px as u32, py as u32);
-                    (c[0] as i32 - want.r() as i32).abs() < 40 && (c[1] as i32 - want.g() as i32).abs() < 40 && (c[2] as i32 - want.b() as i32).abs() < 60
+                    (c[0] as i32 - want.r() as i32).abs() < 40
+                        && (c[1] as i32 - want.g() as i32).abs() < 40
+                        && (c[2] as i32 - want.b() as i32).abs() < 60
                 })
             });
             on_edge += near as usize;
         }
     }
-    assert!(on_edge * 10 >= total * 8, "box outline not painted: {on_edge}/{total} edge samples");
+    assert!(
+        on_edge * 10 >= total * 8,
+        "box outline not painted: {on_edge}/{total} edge samples"
+    );
     // the headless command gives the same boxes for the same input
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lofi-viewer"))
         .args(["--headless", "--device", "cpu", "--model"])
@@ -264,14 +331,110 @@ fn typed_finding_is_grounded_with_the_bundled_model() {
         .arg(&image)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let cli = v["boxes"].as_array().unwrap();
     assert_eq!(cli.len(), finding.boxes.len());
     for (c, g) in cli.iter().zip(&finding.boxes) {
-        for (k, gv) in [("x1", g.x1), ("y1", g.y1), ("x2", g.x2), ("y2", g.y2), ("score", g.score)] {
+        for (k, gv) in [
+            ("x1", g.x1),
+            ("y1", g.y1),
+            ("x2", g.x2),
+            ("y2", g.y2),
+            ("score", g.score),
+        ] {
             let cv = c[k].as_f64().unwrap() as f32;
             assert!((cv - gv).abs() < 1e-3, "{k}: cli {cv} vs gui {gv}");
         }
     }
+}
+
+/// "Similar cases": with three NIH images indexed, "Similar to this image" lists the image itself
+/// first, and "Compare" opens the case in the two-up layout with synchronised window and zoom.
+#[test]
+fn similar_cases_panel_finds_the_image_and_opens_it_two_up() {
+    let d = tempfile::tempdir().unwrap();
+    let model = root().join("models/lofi-tiny");
+    let images = fixtures().join("nih/images");
+    let store_dir = d.path().join("store");
+    {
+        let lofi =
+            lofi_viewer::model::Lofi::load(&model, lofi_viewer::model::load::DeviceChoice::Cpu)
+                .unwrap();
+        let store = lofi_viewer::store::sqlite::SqliteStore::open(&store_dir).unwrap();
+        let opts = lofi_viewer::store::index::IndexOptions {
+            manifest: None,
+            batch: 4,
+            cancel: lofi_viewer::util::Cancel::new(),
+            progress: &|_, _| {},
+        };
+        let rep =
+            lofi_viewer::store::index::index(&lofi, &store, &[images.clone()], &opts).unwrap();
+        assert_eq!(rep.added, 3);
+    }
+    let query = images.join("00002176_005.png");
+    let mut h = {
+        let (model, query, store) = (
+            model.clone(),
+            query.clone(),
+            store_dir.to_string_lossy().into_owned(),
+        );
+        Harness::builder()
+            .with_size(egui::Vec2::new(1400.0, 1000.0))
+            .wgpu()
+            .build_eframe(move |cc| {
+                LofiApp::new(
+                    cc,
+                    Args {
+                        paths: vec![query],
+                        model: Some(model),
+                        store: Some(store),
+                        screenshot: Some(PathBuf::from("/dev/null")),
+                        ..Default::default()
+                    },
+                    Arc::new(Mutex::new(ShotOutcome::Pending)),
+                )
+            })
+    };
+    wait_until(&mut h, "image, model and store", |a| {
+        a.viewports[0].image.is_some()
+            && a.ai.model.is_some()
+            && a.ai.store.is_some()
+            && a.similar.store_info.as_ref().is_some_and(|(n, _)| *n == 3)
+    });
+    h.get_by_label("Similar to this image").click();
+    h.run_steps(2);
+    wait_until(&mut h, "similar cases", |a| {
+        a.similar.searching.is_none() && !a.similar.hits.is_empty()
+    });
+    let hits: Vec<String> = h
+        .state()
+        .similar
+        .hits
+        .iter()
+        .map(|x| x.hit.record.path.clone())
+        .collect();
+    assert_eq!(hits.len(), 3);
+    assert!(
+        hits[0].ends_with("00002176_005.png"),
+        "the query image is not first: {hits:?}"
+    );
+    let scores: Vec<f32> = h.state().similar.hits.iter().map(|x| x.hit.score).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "not best first: {scores:?}"
+    );
+    // the second case opens two-up
+    h.get_all_by_label("Compare").nth(1).unwrap().click();
+    h.run_steps(2);
+    assert!(h.state().settings.two_up && h.state().settings.sync);
+    let second = PathBuf::from(&hits[1]);
+    wait_until(&mut h, "the compared case", |a| {
+        a.viewports[1].image.is_some()
+    });
+    assert_eq!(h.state().viewports[1].path.as_ref(), Some(&second));
 }
