@@ -353,12 +353,31 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 labels: labels.clone(),
                 annotated: false,
             };
-            let hits = store.search(&q, &m.model_id(), *k, &filter)?;
+            let (hits, identical) = match (image, bbox) {
+                (Some(p), None) => {
+                    let bytes =
+                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                    crate::store::search_image_file(
+                        store.as_ref(),
+                        &q,
+                        &bytes,
+                        &m.model_id(),
+                        *k,
+                        &filter,
+                    )?
+                }
+                _ => (store.search(&q, &m.model_id(), *k, &filter)?, false),
+            };
             let results: Vec<Value> = hits
                 .into_iter()
-                .map(|h| {
-                    json!({"path": h.record.path, "score": h.score, "patient_id": h.record.patient_id,
-                           "study_uid": h.record.study_uid, "labels": h.record.labels, "report": h.record.report})
+                .enumerate()
+                .map(|(i, h)| {
+                    let mut v = json!({"path": h.record.path, "score": h.score, "patient_id": h.record.patient_id,
+                           "study_uid": h.record.study_uid, "labels": h.record.labels, "report": h.record.report});
+                    if identical && i == 0 {
+                        v["identical"] = json!(true);
+                    }
+                    v
                 })
                 .collect();
             Ok(json!({"results": results}))

@@ -571,8 +571,8 @@ pub fn overlay(
                 Pos2::new(a.x.min(p.x), a.y.min(p.y))
             });
             let mark = match b.review {
-                Review::Accepted => " ✔",
-                Review::Rejected => " ✘",
+                Review::Accepted => " (accepted)",
+                Review::Rejected => " (rejected)",
                 Review::Pending => "",
             };
             let label = if f.source == Source::Described {
@@ -734,7 +734,10 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
                 for (fi, f) in results.findings.iter_mut().enumerate() {
                     let col = PALETTE[fi % PALETTE.len()];
                     ui.horizontal(|ui| {
-                        ui.label(RichText::new("■").color(col));
+                        // a colour swatch (drawn: the bundled fonts have no square glyph)
+                        let (r, _) =
+                            ui.allocate_exact_size(Vec2::splat(10.0), egui::Sense::hover());
+                        ui.painter().rect_filled(r, 2.0, col);
                         let shots = if f.shots > 0 {
                             format!(" (K = {})", f.shots)
                         } else {
@@ -763,7 +766,7 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
                                 act.zoom_to = Some((fi, bi));
                             }
                             if ui
-                                .selectable_label(b.review == Review::Accepted, "✔")
+                                .selectable_label(b.review == Review::Accepted, "accept")
                                 .on_hover_text("Accept")
                                 .clicked()
                             {
@@ -775,7 +778,7 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
                                 act.reviewed = true;
                             }
                             if ui
-                                .selectable_label(b.review == Review::Rejected, "✘")
+                                .selectable_label(b.review == Review::Rejected, "reject")
                                 .on_hover_text("Reject")
                                 .clicked()
                             {

@@ -1307,8 +1307,9 @@ impl LofiApp {
             .map(|i| i.info.patient_id.clone())
             .filter(|p| !p.is_empty());
         let query = if act.by_image {
+            let path = self.viewports[a].path.clone();
             self.model_input(a)
-                .map(|(_, g)| super::similar::Query::Image(g))
+                .map(|(_, g)| super::similar::Query::Image(g, path))
         } else if act.by_region {
             match (self.model_input(a), self.similar.region) {
                 (Some((_, g)), Some(b)) => Some(super::similar::Query::Region(g, b)),

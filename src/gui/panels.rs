@@ -151,7 +151,7 @@ pub fn status_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
                 let n = img.frames.len();
                 if n > 1 {
                     ui.separator();
-                    let label = if vp.playing { "⏸" } else { "▶" };
+                    let label = if vp.playing { "Pause" } else { "Play" };
                     if ui.button(label).on_hover_text("Cine (Space)").clicked() {
                         vp.playing = !vp.playing;
                     }

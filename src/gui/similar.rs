@@ -17,8 +17,8 @@ use crate::util::Cancel;
 /// What to search with.
 #[derive(Clone)]
 pub enum Query {
-    /// The whole displayed image.
-    Image(Arc<image::GrayImage>),
+    /// The whole displayed image (and its file, to recognise an identical stored file).
+    Image(Arc<image::GrayImage>, Option<PathBuf>),
     /// A region of it, in image pixels `[x1, y1, x2, y2]`.
     Region(Arc<image::GrayImage>, [f32; 4]),
     /// Typed text (text tower).
@@ -28,7 +28,7 @@ pub enum Query {
 impl Query {
     fn describe(&self) -> String {
         match self {
-            Query::Image(_) => "this image".into(),
+            Query::Image(..) => "this image".into(),
             Query::Region(_, b) => {
                 format!("region {:.0},{:.0}–{:.0},{:.0}", b[0], b[1], b[2], b[3])
             }
@@ -146,7 +146,7 @@ impl SimilarState {
         let cancel = jobs.spawn("similar-search", move |h| {
             let run = || -> Result<(String, Found), String> {
                 let emb = match &q {
-                    Query::Image(g) => model.encode(g).map_err(|e| e.to_string())?.embedding,
+                    Query::Image(g, _) => model.encode(g).map_err(|e| e.to_string())?.embedding,
                     Query::Region(g, b) => {
                         let (w, hgt) = (g.width() as f32, g.height() as f32);
                         let x1 = b[0].clamp(0.0, w - 1.0);
@@ -168,9 +168,23 @@ impl SimilarState {
                 if h.cancel.is_cancelled() {
                     return Err("cancelled".into());
                 }
-                let hits = store
-                    .search(&emb, &model.model_id(), k, &filter)
-                    .map_err(|e| e.to_string())?;
+                let bytes = match &q {
+                    Query::Image(_, Some(p)) => std::fs::read(p).ok(),
+                    _ => None,
+                };
+                let hits = match bytes {
+                    Some(b) => crate::store::search_image_file(
+                        store.as_ref(),
+                        &emb,
+                        &b,
+                        &model.model_id(),
+                        k,
+                        &filter,
+                    )
+                    .map(|(h, _)| h),
+                    None => store.search(&emb, &model.model_id(), k, &filter),
+                }
+                .map_err(|e| e.to_string())?;
                 let found = hits
                     .into_iter()
                     .map(|hit| {

@@ -353,3 +353,46 @@ pub fn icl_shots(
     }
     Ok(out)
 }
+
+/// Search by an image file: the nearest records, best first, with the file itself ranked first
+/// when an identical file (same content hash) is already stored and passes the filter. An
+/// identical file has the same embedding, so its similarity is 1 by definition; ranking it by
+/// the computed cosine instead would leave it to rounding among near-duplicates.
+/// Returns the hits and whether the first one is the identical file.
+pub fn search_image_file(
+    store: &dyn PriorStore,
+    query: &[f32],
+    file_bytes: &[u8],
+    model_id: &str,
+    k: usize,
+    filter: &Filter,
+) -> Result<(Vec<Hit>, bool), StoreError> {
+    let mut hits = store.search(query, model_id, k, filter)?;
+    let hash = crate::util::sha256_hex(file_bytes);
+    if k == 0 || !store.has_hash(&hash)? {
+        return Ok((hits, false));
+    }
+    let hit = match hits.iter().position(|h| h.record.content_hash == hash) {
+        Some(i) => hits.remove(i),
+        None => {
+            let found = store
+                .records()?
+                .into_iter()
+                .find(|r| r.content_hash == hash && r.model_id == model_id);
+            match found {
+                Some(r)
+                    if filter.accepts(&r.patient_id, &r.view, &r.labels, !r.regions.is_empty()) =>
+                {
+                    Hit {
+                        score: 1.0,
+                        record: r,
+                    }
+                }
+                _ => return Ok((hits, false)),
+            }
+        }
+    };
+    hits.insert(0, Hit { score: 1.0, ..hit });
+    hits.truncate(k);
+    Ok((hits, true))
+}

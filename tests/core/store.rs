@@ -453,3 +453,66 @@ fn search_while_indexing_is_consistent() {
     assert!(child.wait().unwrap().success());
     assert!(rounds >= 3, "only {rounds} searches overlapped indexing");
 }
+
+#[test]
+fn an_identical_stored_file_ranks_first() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(d.path());
+    let lofi = lofi_viewer::model::Lofi::load(&model, lofi_viewer::model::load::DeviceChoice::Cpu)
+        .unwrap();
+    let images = nih_folder(d.path(), 3);
+    let store = SqliteStore::open(&d.path().join("s")).unwrap();
+    let opts = lofi_viewer::store::index::IndexOptions {
+        manifest: None,
+        batch: 2,
+        cancel: lofi_viewer::util::Cancel::new(),
+        progress: &|_, _| {},
+    };
+    lofi_viewer::store::index::index(&lofi, &store, &[images.clone()], &opts).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let (a, b) = (&files[0], &files[1]);
+    // the embedding of b, but the bytes of a: a is stored, so it comes first, marked identical
+    let qb = lofi
+        .encode(&lofi_viewer::dicom::load_gray8(b).unwrap())
+        .unwrap()
+        .embedding;
+    let bytes_a = std::fs::read(a).unwrap();
+    let (hits, identical) = lofi_viewer::store::search_image_file(
+        &store,
+        &qb,
+        &bytes_a,
+        &lofi.model_id(),
+        3,
+        &Filter::default(),
+    )
+    .unwrap();
+    assert!(identical);
+    assert_eq!(hits.len(), 3);
+    assert!(hits[0]
+        .record
+        .path
+        .ends_with(a.file_name().unwrap().to_str().unwrap()));
+    assert_eq!(hits[0].score, 1.0);
+    // an unknown file changes nothing
+    let (plain, identical) = lofi_viewer::store::search_image_file(
+        &store,
+        &qb,
+        b"not stored",
+        &lofi.model_id(),
+        3,
+        &Filter::default(),
+    )
+    .unwrap();
+    assert!(!identical);
+    assert_eq!(
+        plain,
+        store
+            .search(&qb, &lofi.model_id(), 3, &Filter::default())
+            .unwrap()
+    );
+}

@@ -117,6 +117,15 @@ fn harness_for(paths: Vec<PathBuf>) -> Harness<'static, LofiApp> {
                 Args {
                     paths,
                     screenshot: Some(PathBuf::from("/dev/null")),
+                    // an empty store of its own: the panel must not show the user's store
+                    store: Some(
+                        tempfile::tempdir()
+                            .unwrap()
+                            .keep()
+                            .join("store")
+                            .to_string_lossy()
+                            .into_owned(),
+                    ),
                     ..Default::default()
                 },
                 Arc::new(Mutex::new(ShotOutcome::Pending)),
@@ -142,10 +151,12 @@ fn viewer_snapshot_with_rg1() {
     let mut h = harness_for(vec![
         fixtures().join("dicom/RG1_J2KI_cr_chest_pa_15bit_mono1_j2k.dcm")
     ]);
-    wait_until(&mut h, "RG1 and its thumbnail", |a| {
+    wait_until(&mut h, "RG1, its thumbnail, the model and the store", |a| {
         a.viewports[0].image.is_some()
             && a.thumbnails.values().all(|t| t.is_some())
             && !a.thumbnails.is_empty()
+            && a.ai.model.is_some()
+            && a.similar.store_info.is_some()
     });
     h.snapshot("viewer_rg1");
 }
