@@ -224,7 +224,7 @@ fn lut_from_item(item: &InMemDicomObject, signed_first: bool) -> Option<Lut> {
         _ => {
             let b = data_el.to_bytes().ok()?;
             if bits <= 8 && b.len() >= n {
-                b[..n].to_vec().into_iter().map(u16::from).collect()
+                b[..n].iter().copied().map(u16::from).collect()
             } else {
                 b.chunks_exact(2)
                     .map(|c| u16::from_le_bytes([c[0], c[1]]))

@@ -265,10 +265,10 @@ pub fn decode_frame(file: &DicomFile, frame: u32) -> Result<Frame, DicomError> {
                 pixels: Pixels::Mono(v),
             });
         }
-        let planar = matches!(
+        let planar = !matches!(
             px.planar_configuration(),
             dicom_pixeldata::PlanarConfiguration::PixelFirst
-        ) == false;
+        );
         let max = ((1u64 << info.bits_stored.min(16)) - 1) as f32;
         let to8 = |v: u32| -> f32 {
             if ba == 8 {

@@ -270,6 +270,7 @@ pub fn scan(paths: &[PathBuf], cancel: &Cancel, progress: &dyn Fn(usize, usize))
 }
 
 /// Group instances into the tree and sort every level.
+#[allow(clippy::type_complexity)]
 pub fn organise(infos: Vec<(PathBuf, ImageInfo)>) -> Vec<Patient> {
     type SeriesMap = BTreeMap<String, Series>;
     let mut tree: BTreeMap<String, (String, BTreeMap<String, (Study, SeriesMap)>)> =

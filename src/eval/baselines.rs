@@ -34,8 +34,8 @@ struct Mean {
 
 impl Mean {
     fn add(&mut self, b: NormBox) {
-        for k in 0..4 {
-            self.sum[k] += b[k];
+        for (s, v) in self.sum.iter_mut().zip(b) {
+            *s += v;
         }
         self.n += 1;
     }

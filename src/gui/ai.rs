@@ -333,7 +333,8 @@ impl AiState {
         };
         jobs.spawn(name, move |h| {
             let lofi = model.with_cancel(cancel.clone());
-            let run = || -> Result<(AiFinding, Vec<(RecordInfo, f32, Option<Vec<u8>>)>), String> {
+            type Used = Vec<(RecordInfo, f32, Option<Vec<u8>>)>;
+            let run = || -> Result<(AiFinding, Used), String> {
                 let enc = match cached {
                     Some(e) => e,
                     None => {

@@ -200,7 +200,7 @@ impl DecoderConfig {
     pub fn is_sliding(&self, i: usize) -> bool {
         match &self.layer_types {
             Some(t) => t.get(i).is_some_and(|s| s == "sliding_attention"),
-            None => (i + 1) % self.sliding_window_pattern.max(1) != 0,
+            None => !(i + 1).is_multiple_of(self.sliding_window_pattern.max(1)),
         }
     }
 }
@@ -496,30 +496,36 @@ impl Config {
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
         let v = &self.vision;
-        if v.patch_size == 0 || self.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !self.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, v.patch_size
             ));
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad("vision hidden_size must divide by num_attention_heads".into());
         }
-        if self.text.hidden_size % self.text.num_attention_heads != 0 {
+        if !self
+            .text
+            .hidden_size
+            .is_multiple_of(self.text.num_attention_heads)
+        {
             return bad("text hidden_size must divide by num_attention_heads".into());
         }
         if self.text.projection_size.unwrap_or(self.text.hidden_size) != v.hidden_size {
             return bad("text projection size must equal the vision hidden size".into());
         }
         let d = &self.decoder;
-        if d.num_key_value_heads == 0 || d.num_attention_heads % d.num_key_value_heads != 0 {
+        if d.num_key_value_heads == 0
+            || !d.num_attention_heads.is_multiple_of(d.num_key_value_heads)
+        {
             return bad("decoder num_attention_heads must divide by num_key_value_heads".into());
         }
         let p = &self.projector;
-        if p.pool == 0 || (self.image_size / v.patch_size) % p.pool != 0 {
+        if p.pool == 0 || !(self.image_size / v.patch_size).is_multiple_of(p.pool) {
             return bad("projector pool must divide the patch grid".into());
         }
-        if p.num_tokens == 0 || v.hidden_size % p.num_heads != 0 {
+        if p.num_tokens == 0 || !v.hidden_size.is_multiple_of(p.num_heads) {
             return bad(
                 "projector needs num_tokens > 0 and heads dividing the vision width".into(),
             );

@@ -438,21 +438,6 @@ pub fn split_findings(caption: &str) -> Vec<String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn findings_split() {
-        assert_eq!(
-            split_findings("Cardiomegaly, effusion. cardiomegaly"),
-            vec!["cardiomegaly", "effusion"]
-        );
-        assert!(split_findings("No finding.").is_empty());
-        assert!(split_findings("").is_empty());
-    }
-}
-
 fn load_center(
     files: &[PathBuf],
     device: &Device,
@@ -470,4 +455,19 @@ fn load_center(
         )));
     }
     Ok(Some(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn findings_split() {
+        assert_eq!(
+            split_findings("Cardiomegaly, effusion. cardiomegaly"),
+            vec!["cardiomegaly", "effusion"]
+        );
+        assert!(split_findings("No finding.").is_empty());
+        assert!(split_findings("").is_empty());
+    }
 }

@@ -170,6 +170,10 @@ pub struct Hit {
 pub trait PriorStore: Send + Sync {
     /// Human-readable location.
     fn describe(&self) -> String;
+    /// Whether the store holds no record.
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
     /// The embedding space the store holds (None while empty).
     fn model_id(&self) -> Result<Option<String>, StoreError>;
     /// Number of records.

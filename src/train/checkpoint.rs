@@ -122,7 +122,7 @@ pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
             Some((step, e.path()))
         })
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     out
 }
 
@@ -218,8 +218,10 @@ mod tests {
         let mut p = BTreeMap::new();
         for step in 1..=4 {
             p.insert("w".to_string(), Tensor::new(&[step as f32], &dev).unwrap());
-            let mut o = AdamW::default();
-            o.t = step as u64;
+            let mut o = AdamW {
+                t: step as u64,
+                ..Default::default()
+            };
             o.m.insert("w".into(), Tensor::new(&[0.5f32], &dev).unwrap());
             o.v.insert("w".into(), Tensor::new(&[0.25f32], &dev).unwrap());
             save(d.path(), &p, &o, state(step), 2).unwrap();

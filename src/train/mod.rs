@@ -290,6 +290,7 @@ pub struct Trainer {
 }
 
 /// The model config and tokenizer a run starts from, and where initial weights come from.
+#[allow(clippy::type_complexity)]
 pub fn resolve_model(
     cfg: &TrainConfig,
 ) -> Result<
@@ -901,8 +902,8 @@ pub fn finetune(
         ));
         pb.set_position(state.step as u64);
 
-        let at_val = cfg.val_every > 0 && state.step % cfg.val_every == 0;
-        let at_save = cfg.save_every > 0 && state.step % cfg.save_every == 0;
+        let at_val = cfg.val_every > 0 && state.step.is_multiple_of(cfg.val_every);
+        let at_save = cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every);
         if at_val && !val_imgs.is_empty() {
             let v = validate(&tr, &val_imgs, cfg.seed)?;
             last_val = BTreeMap::from([

@@ -164,7 +164,7 @@ mod tests {
         opt.step(&[("w".into(), var.clone())], &g, 0.01).unwrap();
         let w: Vec<Vec<f32>> = var.as_tensor().to_vec2().unwrap();
         let want0 = 1.0 * (1.0 - 0.01 * 0.1) - 0.01;
-        let want1 = -1.0 * (1.0 - 0.01 * 0.1) + 0.01;
+        let want1 = -(1.0 - 0.01 * 0.1) + 0.01;
         assert!((w[0][0] as f64 - want0).abs() < 1e-6);
         assert!((w[0][1] as f64 - want1).abs() < 1e-6);
     }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Headless integration tests (one binary: every extra test file links the whole app again).
 
 mod common;

@@ -17,14 +17,18 @@ fn rec(i: usize, emb: &[f32], model: &str) -> NewRecord {
         study_uid: format!("1.2.3.{i}"),
         series_uid: format!("1.2.3.{i}.1"),
         sop_uid: format!("1.2.3.{i}.1.1"),
-        view: if i % 2 == 0 { "PA".into() } else { "AP".into() },
-        labels: if i % 3 == 0 {
+        view: if i.is_multiple_of(2) {
+            "PA".into()
+        } else {
+            "AP".into()
+        },
+        labels: if i.is_multiple_of(3) {
             vec!["Effusion".into()]
         } else {
             vec!["Nodule".into()]
         },
         report: Some(format!("report {i}")),
-        regions: if i % 4 == 0 {
+        regions: if i.is_multiple_of(4) {
             vec![Region {
                 phrase: "left pleural effusion".into(),
                 phrase_basic: Some("pleural effusion".into()),
@@ -468,7 +472,7 @@ fn an_identical_stored_file_ranks_first() {
         cancel: lofi_viewer::util::Cancel::new(),
         progress: &|_, _| {},
     };
-    lofi_viewer::store::index::index(&lofi, &store, &[images.clone()], &opts).unwrap();
+    lofi_viewer::store::index::index(&lofi, &store, std::slice::from_ref(&images), &opts).unwrap();
     let mut files: Vec<_> = std::fs::read_dir(&images)
         .unwrap()
         .flatten()

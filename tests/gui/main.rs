@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! GUI tests: the shader validates, GPU and CPU renders agree, and the viewer works through
 //! egui_kittest with the real wgpu pipeline (snapshots under tests/snapshots).
 
@@ -295,7 +296,7 @@ fn typed_finding_is_grounded_with_the_bundled_model() {
     // in the overlay: the box outline is painted in the phrase's colour
     let (rect, view) = {
         let vp = &h.state().viewports[0];
-        (vp.rect.unwrap(), vp.view.clone())
+        (vp.rect.unwrap(), vp.view)
     };
     let size = egui::Vec2::new(results.width as f32, results.height as f32);
     let corners = lofi_viewer::gui::ai::box_on_screen(&view, rect, size, &b);
@@ -384,7 +385,8 @@ fn similar_cases_panel_finds_the_image_and_opens_it_two_up() {
             progress: &|_, _| {},
         };
         let rep =
-            lofi_viewer::store::index::index(&lofi, &store, &[images.clone()], &opts).unwrap();
+            lofi_viewer::store::index::index(&lofi, &store, std::slice::from_ref(&images), &opts)
+                .unwrap();
         assert_eq!(rep.added, 3);
     }
     let query = images.join("00002176_005.png");
