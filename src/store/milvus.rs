@@ -15,7 +15,7 @@ use milvus::v2::prelude::*;
 use serde_json::{json, Value};
 use std::result::Result;
 
-use super::{Filter, Hit, NewRecord, PriorStore, RecordInfo, StoreError};
+use super::{same_model, Filter, Hit, NewRecord, PriorStore, RecordInfo, StoreError};
 
 const FIELDS: [&str; 13] = [
     "id",
@@ -386,14 +386,8 @@ impl PriorStore for MilvusStore {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<Hit>, StoreError> {
-        let Some(store_model) = self.model_id()? else {
+        if !same_model(self.model_id()?, model_id)? {
             return Ok(Vec::new());
-        };
-        if store_model != model_id {
-            return Err(StoreError::ModelMismatch {
-                store: store_model,
-                model: model_id.to_string(),
-            });
         }
         let mut expr = vec![format!("model_id == {}", quote(model_id))];
         if let Some(p) = filter.exclude_patient.as_deref().filter(|p| !p.is_empty()) {

@@ -166,6 +166,19 @@ pub struct Hit {
     pub record: RecordInfo,
 }
 
+/// Whether a store holding `stored`'s embeddings can answer a `model_id` query: `Ok(false)` for
+/// an empty store, an error for another model's embeddings (they never mix).
+pub(crate) fn same_model(stored: Option<String>, model_id: &str) -> Result<bool, StoreError> {
+    match stored {
+        None => Ok(false),
+        Some(s) if s == model_id => Ok(true),
+        Some(s) => Err(StoreError::ModelMismatch {
+            store: s,
+            model: model_id.to_string(),
+        }),
+    }
+}
+
 /// The store interface both backends implement.
 pub trait PriorStore: Send + Sync {
     /// Human-readable location.

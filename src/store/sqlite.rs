@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::hnsw::{exact_search, Hnsw, HnswParams};
-use super::{Filter, Hit, NewRecord, PriorStore, RecordInfo, StoreError, EXACT_THRESHOLD};
+use super::{
+    same_model, Filter, Hit, NewRecord, PriorStore, RecordInfo, StoreError, EXACT_THRESHOLD,
+};
 
 fn db(e: rusqlite::Error) -> StoreError {
     match &e {
@@ -403,14 +405,8 @@ impl PriorStore for SqliteStore {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<Hit>, StoreError> {
-        let Some(store_model) = self.model_id()? else {
+        if !same_model(self.model_id()?, model_id)? {
             return Ok(Vec::new());
-        };
-        if store_model != model_id {
-            return Err(StoreError::ModelMismatch {
-                store: store_model,
-                model: model_id.to_string(),
-            });
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh(&mut cache, model_id)?;
