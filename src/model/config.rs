@@ -487,7 +487,7 @@ impl Config {
                 },
                 tokens: SpecialTokens::default(),
                 lora: None,
-                max_new_tokens: 40,
+                max_new_tokens: 64,
             },
         }
     }
