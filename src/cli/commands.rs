@@ -508,6 +508,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             save_every,
             resume,
             seed,
+            stop_after,
         } => {
             let mut cfg = match config {
                 Some(p) => TrainConfig::from_toml(p)?,
@@ -556,7 +557,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 resume: *resume,
                 progress: true,
                 cancel: cancel.clone(),
-                stop_after: None,
+                stop_after: *stop_after,
             };
             let s = train::finetune(cfg, &train_m, &val_m, device, &opts)?;
             Ok(

@@ -241,6 +241,10 @@ pub enum Command {
         /// Seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// Stop after this many steps of this invocation, keeping the configured schedule (as a
+        /// Ctrl-C at that step would: checkpoint, model/, summary); `--resume` continues.
+        #[arg(long)]
+        stop_after: Option<usize>,
     },
 }
 

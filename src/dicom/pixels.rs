@@ -13,8 +13,10 @@ use super::jpeg;
 use super::object::{guard, DicomFile, ImageInfo};
 use super::DicomError;
 
-/// Largest decoded frame accepted (bytes of stored values).
-pub const MAX_FRAME_BYTES: u64 = 1 << 31;
+/// Largest decoded frame accepted (bytes of stored values): 256 MiB, e.g. 11,585² pixels at 16
+/// bits. The largest radiographs (mammography, long-leg stitches) are under 100 MB; a header that
+/// declares more is treated as damaged rather than allowed to claim gigabytes for a small file.
+pub const MAX_FRAME_BYTES: u64 = 1 << 28;
 
 /// Stored pixel values of one frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +140,165 @@ fn frame_fragments(file: &DicomFile, frame: u32) -> Result<Vec<u8>, DicomError> 
         .collect())
 }
 
+/// JPEG 2000 transfer syntaxes (lossless, lossy, multi-component, HTJ2K).
+fn is_j2k(ts: &str) -> bool {
+    matches!(
+        ts,
+        "1.2.840.10008.1.2.4.90"
+            | "1.2.840.10008.1.2.4.91"
+            | "1.2.840.10008.1.2.4.92"
+            | "1.2.840.10008.1.2.4.93"
+            | "1.2.840.10008.1.2.4.201"
+            | "1.2.840.10008.1.2.4.202"
+            | "1.2.840.10008.1.2.4.203"
+    )
+}
+
+/// Every JPEG 2000 codestream header (SOC + SIZ marker) in the encapsulated pixel data must
+/// describe the image of the DICOM header: the codec adapter copies the decoded samples into a
+/// buffer sized from the DICOM header without bounds checks (found by fuzzing).
+fn check_j2k_headers(file: &DicomFile) -> Result<(), DicomError> {
+    let el = file
+        .obj
+        .element(tags::PIXEL_DATA)
+        .map_err(|_| DicomError::NoPixels)?;
+    let Value::PixelSequence(seq) = el.value() else {
+        return Ok(()); // native data under a J2K label: the decoder reports it
+    };
+    // A codestream starts a fragment (PS3.5 A.4); a JP2 file wrapped instead (non-conformant but
+    // seen) holds it in a box. Only those places are looked at: inside entropy-coded data the
+    // bytes FF 4F FF 51 can occur by chance.
+    const SOC_SIZ: [u8; 4] = [0xFF, 0x4F, 0xFF, 0x51];
+    const JP2_SIGNATURE: [u8; 8] = [0, 0, 0, 0x0C, b'j', b'P', b' ', b' '];
+    let mut found = false;
+    for frag in seq.fragments() {
+        let at = if frag.starts_with(&SOC_SIZ) {
+            Some(0)
+        } else if frag.starts_with(&JP2_SIGNATURE) {
+            frag.windows(4).position(|w| w == SOC_SIZ)
+        } else {
+            None
+        };
+        if let Some(at) = at {
+            check_j2k_siz(&frag[at + 4..], &file.info)?;
+            found = true;
+        }
+    }
+    if !found {
+        return Err(DicomError::Decode(
+            "JPEG 2000 pixel data without a codestream header (SOC + SIZ marker)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Check one SIZ marker segment (`b` starts at its length field) against the DICOM header.
+fn check_j2k_siz(b: &[u8], info: &ImageInfo) -> Result<(), DicomError> {
+    let truncated = || DicomError::Decode("truncated JPEG 2000 SIZ marker".into());
+    let be32 = |o: usize| {
+        b.get(o..o + 4)
+            .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+            .ok_or_else(truncated)
+    };
+    // Lsiz Rsiz | Xsiz Ysiz XOsiz YOsiz | XTsiz YTsiz XTOsiz YTOsiz | Csiz | (Ssiz XRsiz YRsiz)×C
+    let (xs, ys, xo, yo) = (be32(4)?, be32(8)?, be32(12)?, be32(16)?);
+    let c = b
+        .get(36..38)
+        .map(|x| u16::from_be_bytes([x[0], x[1]]))
+        .ok_or_else(truncated)?;
+    if xo >= xs || yo >= ys {
+        return Err(DicomError::Decode(format!(
+            "JPEG 2000 codestream has an empty image area ({xs}×{ys} from offset {xo},{yo})"
+        )));
+    }
+    let (w, h) = (xs - xo, ys - yo);
+    if w != info.columns as u32 || h != info.rows as u32 || c != info.samples_per_pixel {
+        return Err(DicomError::Decode(format!(
+            "JPEG 2000 codestream is {w}×{h}×{c} but the header says {}×{}×{}",
+            info.columns, info.rows, info.samples_per_pixel
+        )));
+    }
+    for k in 0..c as usize {
+        let sub = b
+            .get(38 + 3 * k + 1..38 + 3 * k + 3)
+            .ok_or_else(truncated)?;
+        if sub != [1, 1] {
+            return Err(DicomError::Unsupported(format!(
+                "JPEG 2000 component {k} is subsampled ({}×{})",
+                sub[0], sub[1]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An RLE Lossless frame (PS3.5 Annex G) must be complete before the dicom-rs adapter sees it: it
+/// indexes the header, the segments and their decoded bytes without bounds checks (a short
+/// segment made it panic under fuzzing). Checks the 64-byte header, one segment per byte plane,
+/// increasing offsets inside the fragment, and that every segment's PackBits runs are whole and
+/// decode to at least Rows × Columns bytes (runs are counted, not expanded).
+fn check_rle_frame(file: &DicomFile, frame: u32) -> Result<(), DicomError> {
+    let el = file
+        .obj
+        .element(tags::PIXEL_DATA)
+        .map_err(|_| DicomError::NoPixels)?;
+    let Value::PixelSequence(seq) = el.value() else {
+        return Ok(()); // native data under an RLE label: the decoder reports it
+    };
+    let info = &file.info;
+    let bad = |m: String| DicomError::Decode(format!("RLE frame {frame}: {m}"));
+    let frag = seq
+        .fragments()
+        .get(frame as usize)
+        .ok_or_else(|| bad("no fragment for this frame".into()))?;
+    if frag.len() < 64 {
+        return Err(bad(format!(
+            "{} bytes, shorter than the header",
+            frag.len()
+        )));
+    }
+    let word = |i: usize| u32::from_le_bytes([frag[i], frag[i + 1], frag[i + 2], frag[i + 3]]);
+    let planes = info.samples_per_pixel as usize * (info.bits_allocated as usize / 8).max(1);
+    let nseg = word(0) as usize;
+    if nseg != planes {
+        return Err(bad(format!("{nseg} segments, expected {planes}")));
+    }
+    let mut offsets: Vec<usize> = (0..nseg).map(|k| word(4 + 4 * k) as usize).collect();
+    offsets.push(frag.len());
+    if offsets[0] != 64 || offsets.windows(2).any(|w| w[0] > w[1]) {
+        return Err(bad(
+            "segment offsets out of order or outside the fragment".into()
+        ));
+    }
+    let need = info.rows as usize * info.columns as usize;
+    for (k, w) in offsets.windows(2).enumerate() {
+        let seg = &frag[w[0]..w[1]];
+        let (mut i, mut out) = (0usize, 0usize);
+        while out < need && i < seg.len() {
+            let n = seg[i] as i8;
+            i += 1;
+            if n >= 0 {
+                let len = n as usize + 1;
+                if i + len > seg.len() {
+                    return Err(bad(format!("segment {k} ends inside a literal run")));
+                }
+                out += len;
+                i += len;
+            } else if n != -128 {
+                if i >= seg.len() {
+                    return Err(bad(format!("segment {k} ends inside a repeat run")));
+                }
+                out += (1 - n as isize) as usize;
+                i += 1;
+            }
+        }
+        if out < need {
+            return Err(bad(format!("segment {k} decodes to {out} of {need} bytes")));
+        }
+    }
+    Ok(())
+}
+
 /// Sign-extend / mask a raw sample per Bits Stored, High Bit and Pixel Representation. Native
 /// data is masked (bits above Bits Stored may hold other things); unsigned values out of a codec
 /// are clamped instead, since a lossy decoder may overshoot the range by a code or two.
@@ -207,6 +368,12 @@ pub fn decode_frame(file: &DicomFile, frame: u32) -> Result<Frame, DicomError> {
             height: h,
             pixels: Pixels::Mono(v),
         });
+    }
+    if is_j2k(&info.transfer_syntax) {
+        check_j2k_headers(file)?;
+    }
+    if info.transfer_syntax == "1.2.840.10008.1.2.5" {
+        check_rle_frame(file, frame)?;
     }
     guard("decoding pixel data", || {
         // native data must hold every declared frame before dicom-rs slices it

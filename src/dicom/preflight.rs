@@ -50,22 +50,48 @@ struct Walker<'a> {
 
 const UNDEF: u32 = 0xFFFF_FFFF;
 
+/// Value representations of fixed-size binary numbers and their size in bytes (PS3.5 6.2): a
+/// value length must be a multiple of it.
+const FIXED_SIZE_VRS: [([u8; 2], usize); 9] = [
+    (*b"US", 2),
+    (*b"SS", 2),
+    (*b"UL", 4),
+    (*b"SL", 4),
+    (*b"FL", 4),
+    (*b"AT", 4),
+    (*b"FD", 8),
+    (*b"SV", 8),
+    (*b"UV", 8),
+];
+
+/// Whether an explicit-VR header has the 4-byte length form. PS3.5 7.1.2 lists the VRs with a
+/// 2-byte length; every other VR, including an unknown one (which dicom-rs reads as UN), has 2
+/// reserved bytes and a 4-byte length. Matching the parser exactly matters: a fuzzed file with an
+/// unknown VR was read by dicom-rs with a 4 GB length that this check had taken for 2 bytes.
 fn long_vr(vr: &[u8]) -> bool {
-    matches!(
+    !matches!(
         vr,
-        b"OB"
-            | b"OW"
-            | b"OF"
-            | b"SQ"
-            | b"UT"
-            | b"UN"
-            | b"OD"
-            | b"OL"
-            | b"OV"
-            | b"SV"
-            | b"UV"
-            | b"UC"
-            | b"UR"
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
     )
 }
 
@@ -112,9 +138,18 @@ impl Walker<'_> {
             }
         } else {
             use dicom_core::dictionary::DataDictionary;
-            let vr = match StandardDataDictionary.by_tag(tag) {
-                Some(e) if format!("{:?}", e.vr).contains("SQ") => *b"SQ",
-                _ => *b"UN",
+            // the dictionary's VR, as dicom-rs will use it: sequences and the fixed-size numbers
+            let vr = match StandardDataDictionary
+                .by_tag(tag)
+                .map(|e| format!("{:?}", e.vr))
+            {
+                Some(s) if s.contains("SQ") => *b"SQ",
+                Some(s) if s == "Xs" => *b"US",
+                Some(s) => FIXED_SIZE_VRS
+                    .iter()
+                    .find(|(v, _)| s == format!("Exact({})", String::from_utf8_lossy(v)))
+                    .map_or(*b"UN", |(v, _)| *v),
+                None => *b"UN",
             };
             Ok((tag, vr, self.u32(p + 4)?, 8))
         }
@@ -157,6 +192,15 @@ impl Walker<'_> {
                 continue;
             }
             let len = len as usize;
+            if let Some((_, size)) = FIXED_SIZE_VRS.iter().find(|(v, _)| *v == vr) {
+                // a UL of 2 bytes made dicom-rs lose its place and then trust a 4 GB length
+                if len % size != 0 {
+                    return err(format!(
+                        "element {tag} ({}) has {len} bytes, not a multiple of {size}",
+                        String::from_utf8_lossy(&vr)
+                    ));
+                }
+            }
             if len > end - body {
                 return err(format!(
                     "element {tag} declares {len} bytes but only {} remain",
@@ -249,14 +293,21 @@ pub fn check(d: &[u8]) -> R<(Layout, Option<Vec<u8>>)> {
                 big: false,
             },
         };
-        loop {
-            if p + 8 > d.len() {
-                break;
-            }
+        // dicom-rs reads (0002,0000) first and then elements until that many bytes are consumed,
+        // whatever their group: the data set starts exactly there (a fuzzed file whose meta
+        // group held a non-0002 element had this check inflate the wrong bytes)
+        let (tag, _, len, hsz) = w.header(p)?;
+        if tag != Tag(0x0002, 0x0000) || len != 4 {
+            return err("file meta group does not start with its group length (0002,0000)");
+        }
+        let group_len = w.u32(p + hsz)? as usize;
+        p += hsz + 4;
+        let meta_end = p
+            .checked_add(group_len)
+            .filter(|&e| e <= d.len())
+            .ok_or_else(|| PreflightError("file meta group length runs past the end".into()))?;
+        while p < meta_end {
             let (tag, _, len, hsz) = w.header(p)?;
-            if tag.0 != 0x0002 {
-                break;
-            }
             let body = p + hsz;
             let len = len as usize;
             if len == UNDEF as usize || len > d.len().saturating_sub(body) {
@@ -344,6 +395,9 @@ mod tests {
         let mut v = vec![0u8; 128];
         v.extend_from_slice(b"DICM");
         let ts = b"1.2.840.10008.1.2.1\0";
+        // (0002,0000) UL 4: the meta group length (the TS element: 8-byte header + value)
+        v.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0]);
+        v.extend_from_slice(&(8 + ts.len() as u32).to_le_bytes());
         v.extend_from_slice(&[2, 0, 0x10, 0, b'U', b'I']);
         v.extend_from_slice(&(ts.len() as u16).to_le_bytes());
         v.extend_from_slice(ts);

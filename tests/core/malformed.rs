@@ -192,3 +192,38 @@ fn cli_reports_one_line_errors() {
         "{err}"
     );
 }
+
+/// Every input the fuzzer (`scripts/fuzz.sh`) ever crashed on is kept in `tests/fixtures/fuzz/`.
+/// Each must give a clear error from our own checks, not a panic inside a codec (which the
+/// decoding guard would turn into a generic "the decoder failed" error).
+#[test]
+fn fuzzer_findings_give_clear_errors() {
+    let dir = fixtures().join("fuzz");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "dcm") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let err = match dicom::load_dicom_bytes(&bytes) {
+            Ok(_) => panic!("{} loaded", path.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            !err.contains("the decoder failed on malformed data"),
+            "{}: a codec panicked ({err})",
+            path.display()
+        );
+        // out-of-memory findings must be refused by the structural check, before any allocation
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("oom-") {
+            assert!(
+                dicom::preflight::check(&bytes).is_err(),
+                "{name} passed the preflight ({err})"
+            );
+        }
+        n += 1;
+    }
+    assert!(n >= 1, "no fuzzer findings in {}", dir.display());
+}
