@@ -13,7 +13,8 @@ cargo build --release --no-default-features --bin lofi-viewer
 LV=$CARGO_TARGET_DIR/release/lofi-viewer
 mkdir -p data
 "$LV" --headless import-nih "$NIH" --out data/nih-train-512.jsonl
-"$LV" --headless finetune --config configs/lofi-tiny.toml --data data/nih-train-512.jsonl --out "$RUN"
+"$LV" --headless finetune --config configs/lofi-tiny.toml --data data/nih-train-512.jsonl --out "$RUN" \
+  --stop-after 1147   # the bundled model: the 1,500-step schedule stopped at step 1,147
 "$LV" --headless convert "$RUN/model" models/lofi-tiny --dtype f16   # MODEL_CARD.md stays as written
 M=models/lofi-tiny
 mkdir -p "$RUN/eval"
