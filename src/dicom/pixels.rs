@@ -212,7 +212,7 @@ fn check_j2k_siz(b: &[u8], info: &ImageInfo) -> Result<(), DicomError> {
         )));
     }
     let (w, h) = (xs - xo, ys - yo);
-    if w != info.columns as u32 || h != info.rows as u32 || c != info.samples_per_pixel {
+    if w != info.columns || h != info.rows || c != info.samples_per_pixel {
         return Err(DicomError::Decode(format!(
             "JPEG 2000 codestream is {w}×{h}×{c} but the header says {}×{}×{}",
             info.columns, info.rows, info.samples_per_pixel

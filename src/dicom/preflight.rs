@@ -194,7 +194,7 @@ impl Walker<'_> {
             let len = len as usize;
             if let Some((_, size)) = FIXED_SIZE_VRS.iter().find(|(v, _)| *v == vr) {
                 // a UL of 2 bytes made dicom-rs lose its place and then trust a 4 GB length
-                if len % size != 0 {
+                if !len.is_multiple_of(*size) {
                     return err(format!(
                         "element {tag} ({}) has {len} bytes, not a multiple of {size}",
                         String::from_utf8_lossy(&vr)
