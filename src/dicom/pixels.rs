@@ -101,17 +101,24 @@ fn check_geometry(info: &ImageInfo) -> Result<u64, DicomError> {
     Ok(frame_bytes)
 }
 
-fn frame_fragments(file: &DicomFile, frame: u32) -> Result<Vec<u8>, DicomError> {
+/// The encapsulated fragments of the pixel data, or `None` when it is native (not encapsulated).
+fn pixel_fragments(file: &DicomFile) -> Result<Option<&[Vec<u8>]>, DicomError> {
     let el = file
         .obj
         .element(tags::PIXEL_DATA)
         .map_err(|_| DicomError::NoPixels)?;
-    let Value::PixelSequence(seq) = el.value() else {
+    Ok(match el.value() {
+        Value::PixelSequence(seq) => Some(seq.fragments()),
+        _ => None,
+    })
+}
+
+fn frame_fragments(file: &DicomFile, frame: u32) -> Result<Vec<u8>, DicomError> {
+    let Some(frags) = pixel_fragments(file)? else {
         return Err(DicomError::Decode(
             "compressed transfer syntax without encapsulated pixel data".into(),
         ));
     };
-    let frags = seq.fragments();
     let frames = file.info.frames as usize;
     let f = frame as usize;
     if frames == 1 {
@@ -158,11 +165,7 @@ fn is_j2k(ts: &str) -> bool {
 /// describe the image of the DICOM header: the codec adapter copies the decoded samples into a
 /// buffer sized from the DICOM header without bounds checks (found by fuzzing).
 fn check_j2k_headers(file: &DicomFile) -> Result<(), DicomError> {
-    let el = file
-        .obj
-        .element(tags::PIXEL_DATA)
-        .map_err(|_| DicomError::NoPixels)?;
-    let Value::PixelSequence(seq) = el.value() else {
+    let Some(frags) = pixel_fragments(file)? else {
         return Ok(()); // native data under a J2K label: the decoder reports it
     };
     // A codestream starts a fragment (PS3.5 A.4); a JP2 file wrapped instead (non-conformant but
@@ -171,7 +174,7 @@ fn check_j2k_headers(file: &DicomFile) -> Result<(), DicomError> {
     const SOC_SIZ: [u8; 4] = [0xFF, 0x4F, 0xFF, 0x51];
     const JP2_SIGNATURE: [u8; 8] = [0, 0, 0, 0x0C, b'j', b'P', b' ', b' '];
     let mut found = false;
-    for frag in seq.fragments() {
+    for frag in frags {
         let at = if frag.starts_with(&SOC_SIZ) {
             Some(0)
         } else if frag.starts_with(&JP2_SIGNATURE) {
@@ -238,17 +241,12 @@ fn check_j2k_siz(b: &[u8], info: &ImageInfo) -> Result<(), DicomError> {
 /// increasing offsets inside the fragment, and that every segment's PackBits runs are whole and
 /// decode to at least Rows × Columns bytes (runs are counted, not expanded).
 fn check_rle_frame(file: &DicomFile, frame: u32) -> Result<(), DicomError> {
-    let el = file
-        .obj
-        .element(tags::PIXEL_DATA)
-        .map_err(|_| DicomError::NoPixels)?;
-    let Value::PixelSequence(seq) = el.value() else {
+    let Some(frags) = pixel_fragments(file)? else {
         return Ok(()); // native data under an RLE label: the decoder reports it
     };
     let info = &file.info;
     let bad = |m: String| DicomError::Decode(format!("RLE frame {frame}: {m}"));
-    let frag = seq
-        .fragments()
+    let frag = frags
         .get(frame as usize)
         .ok_or_else(|| bad("no fragment for this frame".into()))?;
     if frag.len() < 64 {
