@@ -452,7 +452,7 @@ fn search_while_indexing_is_consistent() {
         if done {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert!(child.wait().unwrap().success());
     assert!(rounds >= 3, "only {rounds} searches overlapped indexing");
