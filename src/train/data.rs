@@ -120,6 +120,42 @@ fn prepare_one(m: &Manifest, r: &Record, size: u32) -> Result<TrainImage, TrainE
     })
 }
 
+/// How the samples of images with regions are split between the location-aware tasks.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskMix {
+    /// Share of grounding samples (phrase → boxes); the rest are dense captioning (box →
+    /// phrase). The LoFi recipe: 0.5.
+    pub grounding: f64,
+    /// Share of grounding samples asked with the full phrase (finding, side and zone words); the
+    /// rest ask with the finding-level phrase (60 %) or one of its synonyms (40 %).
+    pub full_phrase: f64,
+}
+
+impl Default for TaskMix {
+    fn default() -> Self {
+        Self {
+            grounding: 0.5,
+            full_phrase: 0.5,
+        }
+    }
+}
+
+impl TaskMix {
+    /// Both shares must be probabilities.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("grounding", self.grounding),
+            ("full_phrase", self.full_phrase),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("mix.{name} must be in [0, 1], got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Augmentation strengths (0 disables a part).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Augment {
@@ -244,9 +280,14 @@ pub struct Sample {
     pub kind: TaskKind,
 }
 
-/// Build a sample: augmentation, then grounding / dense captioning (p = 0.5 each) when the image
-/// has regions, else captioning of the report or the labels.
-pub fn make_sample(img: &TrainImage, aug: &Augment, rng: &mut dyn RngCore) -> Sample {
+/// Build a sample: augmentation, then grounding / dense captioning (shares from `mix`) when the
+/// image has regions, else captioning of the report or the labels.
+pub fn make_sample(
+    img: &TrainImage,
+    aug: &Augment,
+    mix: &TaskMix,
+    rng: &mut dyn RngCore,
+) -> Sample {
     let boxes: Vec<UnitBox> = img.regions.iter().map(|r| r.unit).collect();
     let (pixels, moved) = augment(&img.square, &boxes, aug, rng);
     let valid: Vec<usize> = (0..moved.len()).filter(|&i| moved[i].is_some()).collect();
@@ -264,12 +305,13 @@ pub fn make_sample(img: &TrainImage, aug: &Augment, rng: &mut dyn RngCore) -> Sa
     } else {
         let i = valid[rng.random_range(0..valid.len())];
         let r = &img.regions[i];
-        if rng.random_bool(0.5) {
+        if rng.random_bool(mix.grounding) {
             // grounding: phrase → every box of that phrase (or finding, for finding-level words)
             let u: f32 = rng.random();
-            let (phrase, by_finding) = if u < 0.5 {
+            let full = mix.full_phrase as f32;
+            let (phrase, by_finding) = if u < full {
                 (r.phrase.clone(), false)
-            } else if u < 0.8 || r.synonyms.is_empty() {
+            } else if u < full + (1.0 - full) * 0.6 || r.synonyms.is_empty() {
                 (r.phrase_basic.clone(), true)
             } else {
                 (
@@ -355,5 +397,56 @@ mod tests {
             let cy = ((nb[1] + nb[3]) / 2.0 * 64.0) as usize;
             assert!(px[cy * 64 + cx] > 0.9, "seed {seed}");
         }
+    }
+
+    #[test]
+    fn task_mix_sets_the_shares_of_region_samples() {
+        let region = UnitRegion {
+            phrase: "left lower zone effusion".into(),
+            phrase_basic: "effusion".into(),
+            finding: "Effusion".into(),
+            synonyms: vec!["fluid".into()],
+            unit: [0.5, 0.5, 0.9, 0.9],
+        };
+        let square = GrayImage::new(16, 16);
+        let img = TrainImage {
+            letterbox: Letterbox::new(16, 16, 16),
+            square,
+            text: "effusion".into(),
+            report: None,
+            labels_text: "effusion".into(),
+            regions: vec![region],
+            path: PathBuf::from("x.png"),
+        };
+        let count = |mix: &TaskMix| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let (mut ground, mut full) = (0, 0);
+            for _ in 0..2000 {
+                let s = make_sample(&img, &Augment::none(), mix, &mut rng);
+                if let Instruction::Ground(p) = &s.turn.instruction {
+                    ground += 1;
+                    full += usize::from(p == "left lower zone effusion");
+                }
+            }
+            (ground, full)
+        };
+        let (g, f) = count(&TaskMix::default());
+        assert!((900..1100).contains(&g) && (400..600).contains(&f), "{g} {f}");
+        let (g, f) = count(&TaskMix {
+            grounding: 1.0,
+            full_phrase: 1.0,
+        });
+        assert_eq!((g, f), (2000, 2000));
+        let (g, _) = count(&TaskMix {
+            grounding: 0.0,
+            full_phrase: 1.0,
+        });
+        assert_eq!(g, 0);
+        assert!(TaskMix {
+            grounding: 1.5,
+            full_phrase: 0.5
+        }
+        .check()
+        .is_err());
     }
 }

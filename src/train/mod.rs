@@ -31,7 +31,7 @@ use crate::model::{l2_normalize, LofiModel, ModelError};
 use crate::util::Cancel;
 
 use self::checkpoint::TrainState;
-use self::data::{make_sample, Augment, Sample, TaskKind, TrainImage};
+use self::data::{make_sample, Augment, Sample, TaskKind, TaskMix, TrainImage};
 use self::optim::{AdamW, AdamWConfig};
 
 /// Errors of training.
@@ -162,6 +162,8 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Augmentation.
     pub augment: Augment,
+    /// Task shares of the samples of images with regions (validation always uses the default).
+    pub mix: TaskMix,
     /// Threads preparing images.
     pub threads: usize,
 }
@@ -194,6 +196,7 @@ impl Default for TrainConfig {
             val_every: 200,
             val_fraction: 0.15,
             augment: Augment::default(),
+            mix: TaskMix::default(),
             threads: 2,
         }
     }
@@ -218,6 +221,7 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(TrainError::Config("lr must be a positive number".into()));
         }
+        self.mix.check().map_err(TrainError::Config)?;
         Ok(())
     }
 }
@@ -637,7 +641,12 @@ pub fn validate(tr: &Trainer, val: &[TrainImage], seed: u64) -> Result<LossParts
         let samples: Vec<Sample> = chunk
             .iter()
             .enumerate()
-            .map(|(i, im)| make_sample(im, &none, &mut sample_rng(seed ^ 0xA11, ci * 1000 + i)))
+            .map(|(i, im)| make_sample(
+                    im,
+                    &none,
+                    &TaskMix::default(),
+                    &mut sample_rng(seed ^ 0xA11, ci * 1000 + i),
+                ))
             .collect();
         // the feature cache indexes training images; validation images are encoded
         let (_, p) = tr.batch_loss(&samples, None)?;
@@ -845,7 +854,12 @@ pub fn finetune(
                 .iter()
                 .enumerate()
                 .map(|(i, &k)| {
-                    make_sample(&train_imgs[k], &augment, &mut sample_rng(cfg.seed, g0 + i))
+                    make_sample(
+                        &train_imgs[k],
+                        &augment,
+                        &cfg.mix,
+                        &mut sample_rng(cfg.seed, g0 + i),
+                    )
                 })
                 .collect();
             let (g, p) = tr.grads(&samples, &idx)?;

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use lofi_viewer::manifest::{Manifest, Record, Region};
 use lofi_viewer::model::Lofi;
-use lofi_viewer::train::data::{make_sample, prepare, Augment, Sample};
+use lofi_viewer::train::data::{make_sample, prepare, Augment, Sample, TaskMix};
 use lofi_viewer::train::{finetune, Freeze, RunOptions, TrainConfig, Trainer};
 use rand::SeedableRng;
 
@@ -56,7 +56,7 @@ fn fixed_samples(tr: &Trainer, m: &Manifest, seed: u64) -> Vec<Sample> {
         .enumerate()
         .map(|(i, im)| {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + i as u64);
-            make_sample(im, &Augment::none(), &mut rng)
+            make_sample(im, &Augment::none(), &TaskMix::default(), &mut rng)
         })
         .collect()
 }
