@@ -24,8 +24,17 @@ fn main() {
         }
         match commands::run(&cli, cmd, &cancel) {
             Ok(v) => {
-                println!("{v}");
-                0
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                match writeln!(out, "{v}").and_then(|()| out.flush()) {
+                    Ok(()) => 0,
+                    // the reader went away (`| head`): nothing left to tell anyone
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+                    Err(e) => {
+                        eprintln!("error: writing the result: {e}");
+                        1
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("error: {}", format!("{e:#}").replace('\n', " "));

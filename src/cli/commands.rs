@@ -260,8 +260,10 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             phrase_field,
             shots,
             shots_from,
+            shot_mode,
             baseline_from,
         } => {
+            let shot_mode: crate::eval::ShotMode = shot_mode.parse().map_err(anyhow::Error::msg)?;
             let m = load_model(cli)?;
             let data_m = Manifest::read(data)?;
             let field: crate::eval::PhraseField =
@@ -286,6 +288,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 phrase_field: field,
                 shots: *shots,
                 shot_pool: pool.as_ref(),
+                shot_mode,
                 baseline_from: base.as_ref(),
                 progress: Some(&progress),
             };

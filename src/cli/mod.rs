@@ -196,6 +196,10 @@ pub enum Command {
         /// Annotated manifest to draw in-context examples from.
         #[arg(long)]
         shots_from: Option<PathBuf>,
+        /// How the shots are used: `prompt` (solved examples before the query) or `fuse` (their
+        /// boxes averaged into the plain answer's boxes they overlap, IoU ≥ 0.1).
+        #[arg(long, default_value = "prompt")]
+        shot_mode: String,
         /// Training manifest for the lookup-table baselines.
         #[arg(long)]
         baseline_from: Option<PathBuf>,

@@ -75,6 +75,27 @@ fn finding_of(r: &crate::manifest::Region) -> String {
     r.finding.clone().unwrap_or_else(|| r.phrase.clone())
 }
 
+/// How retrieved solved cases take part in grounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShotMode {
+    /// As solved examples in the decoder prompt (in-context grounding).
+    #[default]
+    Prompt,
+    /// Fused with the answer to the plain prompt (boxes within IoU 0.1 averaged in).
+    Fuse,
+}
+
+impl std::str::FromStr for ShotMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "prompt" => Ok(Self::Prompt),
+            "fuse" => Ok(Self::Fuse),
+            o => Err(format!("unknown shot mode `{o}` (prompt or fuse)")),
+        }
+    }
+}
+
 /// Options of one evaluation.
 #[derive(Default)]
 pub struct EvalOptions<'a> {
@@ -84,6 +105,8 @@ pub struct EvalOptions<'a> {
     pub shots: usize,
     /// Annotated cases the shots are drawn from (nearest by LoFi image embedding, same finding).
     pub shot_pool: Option<&'a Manifest>,
+    /// How the shots are used.
+    pub shot_mode: ShotMode,
     /// Training manifest for the lookup-table baselines.
     pub baseline_from: Option<&'a Manifest>,
     /// Progress callback (done, total).
@@ -236,8 +259,11 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
                 ),
                 None => Vec::new(),
             };
-            let pred: Vec<PxBox> = lofi
-                .ground(&enc[ri], &phrase, &shots)?
+            let answer = match opts.shot_mode {
+                ShotMode::Prompt => lofi.ground(&enc[ri], &phrase, &shots)?,
+                ShotMode::Fuse => lofi.ground_fused(&enc[ri], &phrase, &shots)?,
+            };
+            let pred: Vec<PxBox> = answer
                 .into_iter()
                 .map(|b| [b.x1, b.y1, b.x2, b.y2])
                 .collect();
@@ -282,6 +308,7 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
         "n_images": data.records.len(),
         "phrase_field": match opts.phrase_field { PhraseField::Phrase => "phrase", PhraseField::PhraseBasic => "phrase_basic" },
         "shots": opts.shots,
+        "shot_mode": match opts.shot_mode { ShotMode::Prompt => "prompt", ShotMode::Fuse => "fuse" },
         "grounding": score(&queries),
         "retrieval": retrieval,
     });

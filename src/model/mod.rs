@@ -7,6 +7,7 @@
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+pub mod fusion;
 pub mod image;
 pub mod load;
 pub mod nn;

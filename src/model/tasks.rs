@@ -364,6 +364,43 @@ impl Lofi {
         Ok(boxes)
     }
 
+    /// Phrase grounding without examples in the prompt, each predicted box then fused with the
+    /// nearest boxes of the retrieved solved cases (`fusion::fuse_with_cases`).
+    pub fn ground_fused(
+        &self,
+        img: &EncodedImage,
+        phrase: &str,
+        cases: &[Shot],
+    ) -> Result<Vec<ScoredBox>, ModelError> {
+        let pred: Vec<(UnitBox, f32)> = self
+            .ground(img, phrase, &[])?
+            .into_iter()
+            .map(|b| (img.letterbox.to_unit([b.x1, b.y1, b.x2, b.y2]), b.score))
+            .collect();
+        let case_boxes: Vec<Vec<UnitBox>> = cases
+            .iter()
+            .map(|c| {
+                c.boxes_px
+                    .iter()
+                    .map(|b| c.image.letterbox.to_unit(*b))
+                    .collect()
+            })
+            .collect();
+        Ok(super::fusion::fuse_with_cases(&pred, &case_boxes)
+            .into_iter()
+            .map(|(u, score)| {
+                let [x1, y1, x2, y2] = img.letterbox.to_pixels(u);
+                ScoredBox {
+                    x1,
+                    y1,
+                    x2,
+                    y2,
+                    score,
+                }
+            })
+            .collect())
+    }
+
     /// Grounded captioning of one region given in original pixels.
     pub fn describe(&self, img: &EncodedImage, box_px: [f32; 4]) -> Result<String, ModelError> {
         let unit = img.letterbox.to_unit(box_px);

@@ -431,7 +431,10 @@ mod tests {
             (ground, full)
         };
         let (g, f) = count(&TaskMix::default());
-        assert!((900..1100).contains(&g) && (400..600).contains(&f), "{g} {f}");
+        assert!(
+            (900..1100).contains(&g) && (400..600).contains(&f),
+            "{g} {f}"
+        );
         let (g, f) = count(&TaskMix {
             grounding: 1.0,
             full_phrase: 1.0,

@@ -641,12 +641,14 @@ pub fn validate(tr: &Trainer, val: &[TrainImage], seed: u64) -> Result<LossParts
         let samples: Vec<Sample> = chunk
             .iter()
             .enumerate()
-            .map(|(i, im)| make_sample(
+            .map(|(i, im)| {
+                make_sample(
                     im,
                     &none,
                     &TaskMix::default(),
                     &mut sample_rng(seed ^ 0xA11, ci * 1000 + i),
-                ))
+                )
+            })
             .collect();
         // the feature cache indexes training images; validation images are encoded
         let (_, p) = tr.batch_loss(&samples, None)?;
