@@ -193,6 +193,25 @@ fn cli_reports_one_line_errors() {
     );
 }
 
+/// `lofi-viewer --headless info x.dcm | head -c 10`: a reader that goes away before the answer is
+/// written is no reason to panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lofi-viewer"))
+        .args(["--headless", "info"])
+        .arg(fixtures().join("ts/b8.dcm"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // close the read end before the child has written anything
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+}
+
 /// Every input the fuzzer (`scripts/fuzz.sh`) ever crashed on is kept in `tests/fixtures/fuzz/`.
 /// Each must give a clear error from our own checks, not a panic inside a codec (which the
 /// decoding guard would turn into a generic "the decoder failed" error).
