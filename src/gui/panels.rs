@@ -264,13 +264,21 @@ pub fn browser_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
                                             .get(&inst.path)
                                             .and_then(|t| t.as_ref())
                                         {
-                                            Some(tex) => ui.add(
-                                                egui::Button::image_and_text(
-                                                    egui::Image::new((tex.id(), tex.size_vec2())),
-                                                    text,
-                                                )
-                                                .selected(current),
-                                            ),
+                                            // image above its caption: beside it, the narrow
+                                            // panel would wrap the caption letter by letter
+                                            Some(tex) => {
+                                                let r = ui
+                                                    .add(
+                                                        egui::Button::image(egui::Image::new((
+                                                            tex.id(),
+                                                            tex.size_vec2(),
+                                                        )))
+                                                        .selected(current),
+                                                    )
+                                                    .on_hover_text(&text);
+                                                ui.label(RichText::new(&text).small());
+                                                r
+                                            }
                                             None => {
                                                 ui.add(egui::Button::new(text).selected(current))
                                             }
