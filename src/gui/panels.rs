@@ -259,30 +259,29 @@ pub fn browser_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
                                                 String::new()
                                             }
                                         );
-                                        let resp = match app
-                                            .thumbnails
-                                            .get(&inst.path)
-                                            .and_then(|t| t.as_ref())
-                                        {
-                                            // image above its caption: beside it, the narrow
-                                            // panel would wrap the caption letter by letter
-                                            Some(tex) => {
-                                                let r = ui
-                                                    .add(
-                                                        egui::Button::image(egui::Image::new((
-                                                            tex.id(),
-                                                            tex.size_vec2(),
-                                                        )))
-                                                        .selected(current),
-                                                    )
-                                                    .on_hover_text(&text);
-                                                ui.label(RichText::new(&text).small());
-                                                r
-                                            }
-                                            None => {
-                                                ui.add(egui::Button::new(text).selected(current))
-                                            }
-                                        };
+                                        let resp =
+                                            match app
+                                                .thumbnails
+                                                .get(&inst.path)
+                                                .and_then(|t| t.as_ref())
+                                            {
+                                                // image above its caption: beside it, the narrow
+                                                // panel would wrap the caption letter by letter
+                                                Some(tex) => {
+                                                    let r = ui
+                                                        .add(
+                                                            egui::Button::image(egui::Image::new(
+                                                                (tex.id(), tex.size_vec2()),
+                                                            ))
+                                                            .selected(current),
+                                                        )
+                                                        .on_hover_text(&text);
+                                                    ui.label(RichText::new(&text).small());
+                                                    r
+                                                }
+                                                None => ui
+                                                    .add(egui::Button::new(text).selected(current)),
+                                            };
                                         if resp.clicked() {
                                             open = Some(inst.path.clone());
                                         }
