@@ -10,16 +10,7 @@ pub type PxBox = [f32; 4];
 
 /// Intersection over union (0 for degenerate boxes).
 pub fn iou(a: PxBox, b: PxBox) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area = |r: PxBox| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
+    crate::model::fusion::unit_iou(a, b)
 }
 
 /// Number of one-to-one matches with IoU ≥ `t`, pairing the highest IoUs first.

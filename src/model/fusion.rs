@@ -7,12 +7,14 @@ use super::prompt::UnitBox;
 /// IoU above which a retrieved case's box joins a predicted box.
 pub const FUSION_IOU: f32 = 0.1;
 
-/// Intersection over union of two boxes (0 for empty ones).
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes in any one coordinate system (0 for
+/// degenerate boxes). The evaluation's IoU is this one.
 pub fn unit_iou(a: UnitBox, b: UnitBox) -> f32 {
     let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     let inter = iw * ih;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    let area = |r: UnitBox| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
     if union > 0.0 {
         inter / union
     } else {

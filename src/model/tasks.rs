@@ -81,6 +81,20 @@ pub struct Region {
     pub score: f32,
 }
 
+impl ScoredBox {
+    /// A box given in the model square (0–1), in the original pixels of the image of `letterbox`.
+    fn from_unit(letterbox: &Letterbox, unit: UnitBox, score: f32) -> Self {
+        let [x1, y1, x2, y2] = letterbox.to_pixels(unit);
+        Self {
+            x1,
+            y1,
+            x2,
+            y2,
+            score,
+        }
+    }
+}
+
 /// A solved grounding example for in-context grounding.
 #[derive(Debug, Clone)]
 pub struct Shot {
@@ -349,14 +363,7 @@ impl Lofi {
                 } else {
                     (lps.iter().sum::<f32>() / lps.len() as f32).exp()
                 };
-                let [x1, y1, x2, y2] = img.letterbox.to_pixels(pb.unit);
-                ScoredBox {
-                    x1,
-                    y1,
-                    x2,
-                    y2,
-                    score,
-                }
+                ScoredBox::from_unit(&img.letterbox, pb.unit, score)
             })
             .filter(|b| b.x2 > b.x1 && b.y2 > b.y1)
             .collect();
@@ -388,16 +395,7 @@ impl Lofi {
             .collect();
         Ok(super::fusion::fuse_with_cases(&pred, &case_boxes)
             .into_iter()
-            .map(|(u, score)| {
-                let [x1, y1, x2, y2] = img.letterbox.to_pixels(u);
-                ScoredBox {
-                    x1,
-                    y1,
-                    x2,
-                    y2,
-                    score,
-                }
-            })
+            .map(|(u, score)| ScoredBox::from_unit(&img.letterbox, u, score))
             .collect())
     }
 
