@@ -290,6 +290,19 @@ pub fn make_sample(
 ) -> Sample {
     let boxes: Vec<UnitBox> = img.regions.iter().map(|r| r.unit).collect();
     let (pixels, moved) = augment(&img.square, &boxes, aug, rng);
+    sample_from_view(img, pixels, &moved, mix, rng)
+}
+
+/// Build a sample from one already augmented view of `img`: its pixels (may be empty when the
+/// encoder's features of the view are cached) and its regions' boxes after the augmentation
+/// (`None`: moved out of the image).
+pub fn sample_from_view(
+    img: &TrainImage,
+    pixels: Vec<f32>,
+    moved: &[Option<UnitBox>],
+    mix: &TaskMix,
+    rng: &mut dyn RngCore,
+) -> Sample {
     let valid: Vec<usize> = (0..moved.len()).filter(|&i| moved[i].is_some()).collect();
     let caption = || Turn {
         instruction: Instruction::Caption,

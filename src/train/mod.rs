@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use rand::{seq::SliceRandom, SeedableRng};
+use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
 use crate::model::config::{Config, LoraConfig, Preset};
 use crate::model::params::{ParamStore, TrainableFn};
-use crate::model::prompt::build_prompt;
+use crate::model::prompt::{build_prompt, UnitBox};
 use crate::model::tokenizer::LofiTokenizer;
 use crate::model::{l2_normalize, LofiModel, ModelError};
 use crate::util::Cancel;
@@ -162,6 +162,12 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Augmentation.
     pub augment: Augment,
+    /// With `freeze = "encoder"`: encoder features cached per training image for this many views
+    /// — view 0 as is, the others augmented with `augment` (boxes moved with them) — and each
+    /// sample uses one view drawn at random. 1 caches the plain image only (no augmentation), so
+    /// the decoder sees the same features of an image every epoch and learns to recognise the
+    /// image instead of reading the phrase.
+    pub cache_views: usize,
     /// Task shares of the samples of images with regions (validation always uses the default).
     pub mix: TaskMix,
     /// Threads preparing images.
@@ -196,6 +202,7 @@ impl Default for TrainConfig {
             val_every: 200,
             val_fraction: 0.15,
             augment: Augment::default(),
+            cache_views: 1,
             mix: TaskMix::default(),
             threads: 2,
         }
@@ -222,6 +229,9 @@ impl TrainConfig {
             return Err(TrainError::Config("lr must be a positive number".into()));
         }
         self.mix.check().map_err(TrainError::Config)?;
+        if self.cache_views == 0 {
+            return Err(TrainError::Config("cache_views must be ≥ 1".into()));
+        }
         Ok(())
     }
 }
@@ -409,13 +419,23 @@ impl Trainer {
 
     /// Compute and keep the frozen encoder's features of `images` (frozen-encoder mode).
     pub fn cache_features(&mut self, images: &[TrainImage]) -> Result<(), TrainError> {
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(16) {
-            let px: Vec<Vec<f32>> = chunk
-                .iter()
-                .map(|i| crate::model::image::normalize(i.square.as_raw()))
-                .collect();
-            let t = self.pixels_tensor(&px)?;
+        let px: Vec<Vec<f32>> = images
+            .iter()
+            .map(|i| crate::model::image::normalize(i.square.as_raw()))
+            .collect();
+        self.cache_pixel_features(&px, &|_| {})
+    }
+
+    /// Compute and keep the frozen encoder's features of normalised squares (frozen-encoder
+    /// mode); cache index i is `pixels[i]`. `progress` gets the count done.
+    pub fn cache_pixel_features(
+        &mut self,
+        pixels: &[Vec<f32>],
+        progress: &dyn Fn(usize),
+    ) -> Result<(), TrainError> {
+        let mut out = Vec::with_capacity(pixels.len());
+        for chunk in pixels.chunks(16) {
+            let t = self.pixels_tensor(chunk)?;
             let o = self.model.encode_images(&t)?;
             let pooled = match o.pooled {
                 Some(p) => p,
@@ -427,6 +447,7 @@ impl Trainer {
                     pooled: pooled.get(i)?.detach(),
                 });
             }
+            progress(out.len());
         }
         self.cache = Some(out);
         Ok(())
@@ -606,6 +627,37 @@ pub fn sample_order(seed: u64, n_images: usize, from: usize, n: usize) -> Vec<us
     out
 }
 
+/// `views` views of every image for the frozen encoder's feature cache, at index k · views + v:
+/// view 0 is the image as is, the others are augmented with `aug` (deterministic given `seed`).
+/// Returns the normalised pixels of each view and its regions' boxes (`None`: moved out).
+pub fn augmented_views(
+    images: &[TrainImage],
+    views: usize,
+    aug: &Augment,
+    seed: u64,
+) -> (Vec<Vec<f32>>, Vec<Vec<Option<UnitBox>>>) {
+    let mut px = Vec::with_capacity(images.len() * views);
+    let mut boxes_out = Vec::with_capacity(images.len() * views);
+    for (k, im) in images.iter().enumerate() {
+        let boxes: Vec<UnitBox> = im.regions.iter().map(|r| r.unit).collect();
+        for v in 0..views {
+            if v == 0 {
+                px.push(crate::model::image::normalize(im.square.as_raw()));
+                boxes_out.push(boxes.iter().map(|&b| Some(b)).collect());
+            } else {
+                let mut rng = sample_rng(seed ^ VIEW_SALT, k * views + v);
+                let (p, moved) = data::augment(&im.square, &boxes, aug, &mut rng);
+                px.push(p);
+                boxes_out.push(moved);
+            }
+        }
+    }
+    (px, boxes_out)
+}
+
+/// Salt of the random streams of cached augmented views.
+const VIEW_SALT: u64 = 0x0076_1E35;
+
 fn sample_rng(seed: u64, g: usize) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(crate::manifest::fnv64(seed, &(g as u64).to_le_bytes()))
 }
@@ -779,8 +831,23 @@ pub fn finetune(
             "the training manifest has no images".into(),
         ));
     }
-    let augment = if cfg.freeze == Freeze::Encoder {
+    // frozen encoder: features cached for `cache_views` views per image, with the boxes of each
+    // view (cache index k · views + v)
+    let views = if cfg.freeze == Freeze::Encoder {
+        cfg.cache_views
+    } else {
+        0
+    };
+    let mut view_boxes: Vec<Vec<Option<UnitBox>>> = Vec::new();
+    let augment = if views == 1 {
         tr.cache_features(&train_imgs)?;
+        Augment::none()
+    } else if views > 1 {
+        let pb = bar(train_imgs.len() * views, "caching features");
+        let (px, vb) = augmented_views(&train_imgs, views, &cfg.augment, cfg.seed);
+        view_boxes = vb;
+        tr.cache_pixel_features(&px, &|d| pb.set_position(d as u64))?;
+        pb.finish_and_clear();
         Augment::none()
     } else {
         cfg.augment
@@ -852,19 +919,29 @@ pub fn finetune(
         for micro in 0..cfg.grad_accum {
             let g0 = step * per_step + micro * cfg.batch_size;
             let idx = sample_order(cfg.seed, train_imgs.len(), g0, cfg.batch_size);
-            let samples: Vec<Sample> = idx
+            let (samples, cache_idx): (Vec<Sample>, Vec<usize>) = idx
                 .iter()
                 .enumerate()
                 .map(|(i, &k)| {
-                    make_sample(
-                        &train_imgs[k],
-                        &augment,
-                        &cfg.mix,
-                        &mut sample_rng(cfg.seed, g0 + i),
-                    )
+                    let mut rng = sample_rng(cfg.seed, g0 + i);
+                    if views > 1 {
+                        let v = sample_rng(cfg.seed ^ VIEW_SALT, usize::MAX - (g0 + i))
+                            .random_range(0..views);
+                        let c = k * views + v;
+                        let s = data::sample_from_view(
+                            &train_imgs[k],
+                            Vec::new(),
+                            &view_boxes[c],
+                            &cfg.mix,
+                            &mut rng,
+                        );
+                        (s, c)
+                    } else {
+                        (make_sample(&train_imgs[k], &augment, &cfg.mix, &mut rng), k)
+                    }
                 })
-                .collect();
-            let (g, p) = tr.grads(&samples, &idx)?;
+                .unzip();
+            let (g, p) = tr.grads(&samples, &cache_idx)?;
             for (k, v) in g {
                 let v = (v / cfg.grad_accum as f64)?;
                 let nv = match grads.remove(&k) {

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use lofi_viewer::manifest::{Manifest, Record, Region};
 use lofi_viewer::model::Lofi;
 use lofi_viewer::train::data::{make_sample, prepare, Augment, Sample, TaskMix};
-use lofi_viewer::train::{finetune, Freeze, RunOptions, TrainConfig, Trainer};
+use lofi_viewer::train::{augmented_views, finetune, Freeze, RunOptions, TrainConfig, Trainer};
 use rand::SeedableRng;
 
 use super::common::{fixtures, nih_manifest, tokenizer_path};
@@ -273,9 +273,63 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn resume_is_bit_exact() {
+    assert_resume_is_bit_exact(tiny_cfg());
+}
+
+/// The frozen-encoder mode with a cache of augmented views (the views and the view each sample
+/// draws must be reproduced on resume).
+#[test]
+fn resume_is_bit_exact_with_cached_augmented_views() {
+    assert_resume_is_bit_exact(TrainConfig {
+        freeze: Freeze::Encoder,
+        cache_views: 3,
+        ..tiny_cfg()
+    });
+}
+
+#[test]
+fn cached_views_are_the_image_then_deterministic_augmentations() {
     let d = tempfile::tempdir().unwrap();
     let m = four_images(d.path());
-    let cfg = tiny_cfg();
+    let imgs = prepare(&m, 64, 1, &|_| {}).unwrap();
+    let (px, boxes) = augmented_views(&imgs, 3, &Augment::default(), 7);
+    assert_eq!((px.len(), boxes.len()), (12, 12));
+    for (k, im) in imgs.iter().enumerate() {
+        // view 0: the image itself, boxes unchanged
+        assert_eq!(
+            px[k * 3],
+            lofi_viewer::model::image::normalize(im.square.as_raw())
+        );
+        let unit: Vec<_> = im.regions.iter().map(|r| Some(r.unit)).collect();
+        assert_eq!(boxes[k * 3], unit);
+        // the others: augmented, so different pixels; boxes moved with them
+        for v in 1..3 {
+            assert_ne!(
+                px[k * 3 + v],
+                px[k * 3],
+                "image {k} view {v} is not augmented"
+            );
+            assert_eq!(boxes[k * 3 + v].len(), im.regions.len());
+            if !unit.is_empty() {
+                assert_ne!(
+                    boxes[k * 3 + v],
+                    unit,
+                    "image {k} view {v}: box did not move"
+                );
+            }
+        }
+    }
+    assert!(imgs.iter().any(|im| !im.regions.is_empty()));
+    // deterministic given the seed, different for another seed
+    let again = augmented_views(&imgs, 3, &Augment::default(), 7);
+    assert_eq!(again.0, px);
+    assert_eq!(again.1, boxes);
+    assert_ne!(augmented_views(&imgs, 3, &Augment::default(), 8).0, px);
+}
+
+fn assert_resume_is_bit_exact(cfg: TrainConfig) {
+    let d = tempfile::tempdir().unwrap();
+    let m = four_images(d.path());
     let straight = d.path().join("straight");
     finetune(
         cfg.clone(),
