@@ -236,7 +236,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 "elapsed_ms": t0.elapsed().as_secs_f64() * 1000.0,
             });
             if *shots > 0 {
-                out["shots"] = json!(icl.iter().map(|s| json!({"path": s.record.path, "phrase": s.shot.phrase, "score": s.score})).collect::<Vec<_>>());
+                out["shots"] = json!(icl.iter().map(|s| json!({"path": s.record.meta.path, "phrase": s.shot.phrase, "score": s.score})).collect::<Vec<_>>());
             }
             Ok(out)
         }
@@ -375,8 +375,8 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 .into_iter()
                 .enumerate()
                 .map(|(i, h)| {
-                    let mut v = json!({"path": h.record.path, "score": h.score, "patient_id": h.record.patient_id,
-                           "study_uid": h.record.study_uid, "labels": h.record.labels, "report": h.record.report});
+                    let mut v = json!({"path": h.record.meta.path, "score": h.score, "patient_id": h.record.meta.patient_id,
+                           "study_uid": h.record.meta.study_uid, "labels": h.record.meta.labels, "report": h.record.meta.report});
                     if identical && i == 0 {
                         v["identical"] = json!(true);
                     }

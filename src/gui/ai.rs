@@ -202,7 +202,7 @@ impl AiState {
             AiEvent::Store(Ok(s)) => {
                 self.annotated = s
                     .records()
-                    .map(|r| r.iter().filter(|x| !x.regions.is_empty()).count())
+                    .map(|r| r.iter().filter(|x| !x.meta.regions.is_empty()).count())
                     .unwrap_or(0);
                 self.store = Some(s);
             }
@@ -823,8 +823,12 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
                         ui.add(egui::Image::new((t.id(), Vec2::new(72.0, 72.0))));
                     }
                     ui.label(
-                        RichText::new(format!("{:.2} {}", u.score, u.record.labels.join(", ")))
-                            .small(),
+                        RichText::new(format!(
+                            "{:.2} {}",
+                            u.score,
+                            u.record.meta.labels.join(", ")
+                        ))
+                        .small(),
                     );
                 });
             }

@@ -451,11 +451,11 @@ pub fn similar_ui(s: &mut SimilarState, ui: &mut egui::Ui, ready: bool) -> Simil
                                 .on_hover_text("Open two-up beside the current image")
                                 .clicked()
                             {
-                                act.open = Some(PathBuf::from(&r.path));
+                                act.open = Some(PathBuf::from(&r.meta.path));
                             }
                         }
                         ui.vertical(|ui| {
-                            let name = std::path::Path::new(&r.path)
+                            let name = std::path::Path::new(&r.meta.path)
                                 .file_name()
                                 .map(|n| n.to_string_lossy().into_owned())
                                 .unwrap_or_default();
@@ -463,16 +463,16 @@ pub fn similar_ui(s: &mut SimilarState, ui: &mut egui::Ui, ready: bool) -> Simil
                                 RichText::new(format!("{}. {name} · {:.3}", i + 1, h.hit.score))
                                     .strong(),
                             );
-                            let labels = if r.labels.is_empty() {
+                            let labels = if r.meta.labels.is_empty() {
                                 "no labels".to_string()
                             } else {
-                                r.labels.join(", ")
+                                r.meta.labels.join(", ")
                             };
                             ui.label(
-                                RichText::new(format!("patient {} · {labels}", r.patient_id))
+                                RichText::new(format!("patient {} · {labels}", r.meta.patient_id))
                                     .small(),
                             );
-                            if let Some(rep) = &r.report {
+                            if let Some(rep) = &r.meta.report {
                                 let snippet: String = rep.chars().take(90).collect();
                                 ui.label(RichText::new(snippet).small().weak());
                             }
@@ -481,7 +481,7 @@ pub fn similar_ui(s: &mut SimilarState, ui: &mut egui::Ui, ready: bool) -> Simil
                                 .on_hover_text("Open two-up beside the current image")
                                 .clicked()
                             {
-                                act.open = Some(PathBuf::from(&r.path));
+                                act.open = Some(PathBuf::from(&r.meta.path));
                             }
                         });
                     });

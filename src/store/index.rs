@@ -14,7 +14,7 @@ use crate::manifest::{Manifest, Record};
 use crate::model::Lofi;
 use crate::util::Cancel;
 
-use super::{NewRecord, PriorStore, StoreError};
+use super::{NewRecord, PriorStore, RecordMeta, StoreError};
 
 /// One file that could not be indexed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -237,17 +237,19 @@ pub fn index(
                         let (pid, study, series, sop, view) = d.ids;
                         NewRecord {
                             embedding: e.embedding,
-                            model_id: model.clone(),
-                            patient_id: m.and_then(|r| r.patient_id.clone()).unwrap_or(pid),
-                            study_uid: m.and_then(|r| r.study_id.clone()).unwrap_or(study),
-                            series_uid: series,
-                            sop_uid: sop,
-                            view: m.and_then(|r| r.view.clone()).unwrap_or(view),
-                            labels: m.map(|r| r.labels.clone()).unwrap_or_default(),
-                            report: m.and_then(|r| r.report.clone()),
-                            regions: m.map(|r| r.regions.clone()).unwrap_or_default(),
-                            path: canonical(&d.path).display().to_string(),
-                            content_hash: d.hash,
+                            meta: RecordMeta {
+                                model_id: model.clone(),
+                                patient_id: m.and_then(|r| r.patient_id.clone()).unwrap_or(pid),
+                                study_uid: m.and_then(|r| r.study_id.clone()).unwrap_or(study),
+                                series_uid: series,
+                                sop_uid: sop,
+                                view: m.and_then(|r| r.view.clone()).unwrap_or(view),
+                                labels: m.map(|r| r.labels.clone()).unwrap_or_default(),
+                                report: m.and_then(|r| r.report.clone()),
+                                regions: m.map(|r| r.regions.clone()).unwrap_or_default(),
+                                path: canonical(&d.path).display().to_string(),
+                                content_hash: d.hash,
+                            },
                             thumbnail_png: d.thumb,
                         }
                     })
@@ -292,7 +294,7 @@ pub fn reembed(
     let todo: Vec<_> = store
         .records()?
         .into_iter()
-        .filter(|r| r.model_id != model)
+        .filter(|r| r.meta.model_id != model)
         .collect();
     let mut report = IndexReport::default();
     let total = todo.len();
@@ -303,13 +305,13 @@ pub fn reembed(
         let mut imgs = Vec::new();
         let mut ids = Vec::new();
         for r in chunk {
-            match crate::dicom::load_gray8(Path::new(&r.path)) {
+            match crate::dicom::load_gray8(Path::new(&r.meta.path)) {
                 Ok(g) => {
                     imgs.push(g);
                     ids.push(r.id);
                 }
                 Err(e) => report.failed.push(Failure {
-                    path: r.path.clone(),
+                    path: r.meta.path.clone(),
                     error: e.to_string(),
                 }),
             }

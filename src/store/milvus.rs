@@ -15,7 +15,7 @@ use milvus::v2::prelude::*;
 use serde_json::{json, Value};
 use std::result::Result;
 
-use super::{same_model, Filter, Hit, NewRecord, PriorStore, RecordInfo, StoreError};
+use super::{same_model, Filter, Hit, NewRecord, PriorStore, RecordInfo, RecordMeta, StoreError};
 
 const FIELDS: [&str; 13] = [
     "id",
@@ -64,17 +64,19 @@ fn str_of(m: &serde_json::Map<String, Value>, k: &str) -> String {
 fn info_of(m: &serde_json::Map<String, Value>) -> RecordInfo {
     RecordInfo {
         id: m.get("id").and_then(|v| v.as_i64()).unwrap_or_default(),
-        model_id: str_of(m, "model_id"),
-        patient_id: str_of(m, "patient_id"),
-        study_uid: str_of(m, "study_uid"),
-        series_uid: str_of(m, "series_uid"),
-        sop_uid: str_of(m, "sop_uid"),
-        view: str_of(m, "view"),
-        labels: serde_json::from_str(&str_of(m, "labels")).unwrap_or_default(),
-        report: Some(str_of(m, "report")).filter(|r| !r.is_empty()),
-        regions: serde_json::from_str(&str_of(m, "regions")).unwrap_or_default(),
-        path: str_of(m, "path"),
-        content_hash: str_of(m, "content_hash"),
+        meta: RecordMeta {
+            model_id: str_of(m, "model_id"),
+            patient_id: str_of(m, "patient_id"),
+            study_uid: str_of(m, "study_uid"),
+            series_uid: str_of(m, "series_uid"),
+            sop_uid: str_of(m, "sop_uid"),
+            view: str_of(m, "view"),
+            labels: serde_json::from_str(&str_of(m, "labels")).unwrap_or_default(),
+            report: Some(str_of(m, "report")).filter(|r| !r.is_empty()),
+            regions: serde_json::from_str(&str_of(m, "regions")).unwrap_or_default(),
+            path: str_of(m, "path"),
+            content_hash: str_of(m, "content_hash"),
+        },
     }
 }
 
@@ -278,19 +280,19 @@ impl MilvusStore {
 
     fn row_json(r: &NewRecord) -> Value {
         json!({
-            "id": key_of(&r.content_hash),
+            "id": key_of(&r.meta.content_hash),
             "embedding": r.embedding,
-            "content_hash": r.content_hash,
-            "model_id": r.model_id,
-            "patient_id": r.patient_id,
-            "study_uid": r.study_uid,
-            "series_uid": r.series_uid,
-            "sop_uid": r.sop_uid,
-            "view": r.view,
-            "labels": serde_json::to_string(&r.labels).unwrap_or_else(|_| "[]".into()),
-            "report": r.report.clone().unwrap_or_default(),
-            "regions": serde_json::to_string(&r.regions).unwrap_or_else(|_| "[]".into()),
-            "path": r.path,
+            "content_hash": r.meta.content_hash,
+            "model_id": r.meta.model_id,
+            "patient_id": r.meta.patient_id,
+            "study_uid": r.meta.study_uid,
+            "series_uid": r.meta.series_uid,
+            "sop_uid": r.meta.sop_uid,
+            "view": r.meta.view,
+            "labels": serde_json::to_string(&r.meta.labels).unwrap_or_else(|_| "[]".into()),
+            "report": r.meta.report.clone().unwrap_or_default(),
+            "regions": serde_json::to_string(&r.meta.regions).unwrap_or_else(|_| "[]".into()),
+            "path": r.meta.path,
             "thumbnail": base64::engine::general_purpose::STANDARD.encode(&r.thumbnail_png),
         })
     }
@@ -367,16 +369,19 @@ impl PriorStore for MilvusStore {
             return Ok(Vec::new());
         };
         if let Some(m) = self.model_id()? {
-            if let Some(r) = records.iter().find(|r| r.model_id != m) {
+            if let Some(r) = records.iter().find(|r| r.meta.model_id != m) {
                 return Err(StoreError::ModelMismatch {
                     store: m,
-                    model: r.model_id.clone(),
+                    model: r.meta.model_id.clone(),
                 });
             }
         }
         self.ensure(first.embedding.len())?;
         self.upsert_rows(records.iter().map(Self::row_json).collect())?;
-        Ok(records.iter().map(|r| key_of(&r.content_hash)).collect())
+        Ok(records
+            .iter()
+            .map(|r| key_of(&r.meta.content_hash))
+            .collect())
     }
 
     fn search(
@@ -448,10 +453,10 @@ impl PriorStore for MilvusStore {
                 })
                 .filter(|h| {
                     filter.accepts(
-                        &h.record.patient_id,
-                        &h.record.view,
-                        &h.record.labels,
-                        !h.record.regions.is_empty(),
+                        &h.record.meta.patient_id,
+                        &h.record.meta.view,
+                        &h.record.meta.labels,
+                        !h.record.meta.regions.is_empty(),
                     )
                 })
                 .take(k)

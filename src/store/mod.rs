@@ -56,11 +56,10 @@ pub enum StoreError {
     },
 }
 
-/// A record to add.
+/// What the store keeps about an image besides its embedding: ids, labels, findings and where it
+/// came from. Shared by a record to add and a stored record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct NewRecord {
-    /// L2-normalised image embedding.
-    pub embedding: Vec<f32>,
+pub struct RecordMeta {
     /// Embedding space (`name@version` of the model).
     pub model_id: String,
     /// Patient ID.
@@ -83,37 +82,28 @@ pub struct NewRecord {
     pub path: String,
     /// SHA-256 of the source file.
     pub content_hash: String,
+}
+
+/// A record to add.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewRecord {
+    /// L2-normalised image embedding.
+    pub embedding: Vec<f32>,
+    /// What it says about the image.
+    pub meta: RecordMeta,
     /// Small PNG thumbnail.
     pub thumbnail_png: Vec<u8>,
 }
 
-/// A stored record without its embedding and thumbnail.
+/// A stored record without its embedding and thumbnail (serialised flat: `id` beside the fields
+/// of [`RecordMeta`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct RecordInfo {
     /// Row id.
     pub id: i64,
-    /// Embedding space.
-    pub model_id: String,
-    /// Patient ID.
-    pub patient_id: String,
-    /// Study Instance UID.
-    pub study_uid: String,
-    /// Series Instance UID.
-    pub series_uid: String,
-    /// SOP Instance UID.
-    pub sop_uid: String,
-    /// View.
-    pub view: String,
-    /// Labels.
-    pub labels: Vec<String>,
-    /// Report.
-    pub report: Option<String>,
-    /// Regions.
-    pub regions: Vec<Region>,
-    /// Source file.
-    pub path: String,
-    /// Content hash.
-    pub content_hash: String,
+    /// What it says about the image.
+    #[serde(flatten)]
+    pub meta: RecordMeta,
 }
 
 /// Search restrictions.
@@ -246,15 +236,15 @@ pub fn annotated_manifest(store: &dyn PriorStore) -> Result<Manifest, StoreError
     let records = store
         .records()?
         .into_iter()
-        .filter(|r| !r.regions.is_empty())
+        .filter(|r| !r.meta.regions.is_empty())
         .map(|r| Record {
-            image: r.path,
-            patient_id: Some(r.patient_id).filter(|p| !p.is_empty()),
-            study_id: Some(r.study_uid).filter(|p| !p.is_empty()),
-            view: Some(r.view).filter(|v| !v.is_empty()),
-            report: r.report,
-            labels: r.labels,
-            regions: r.regions,
+            image: r.meta.path,
+            patient_id: Some(r.meta.patient_id).filter(|p| !p.is_empty()),
+            study_id: Some(r.meta.study_uid).filter(|p| !p.is_empty()),
+            view: Some(r.meta.view).filter(|v| !v.is_empty()),
+            report: r.meta.report,
+            labels: r.meta.labels,
+            regions: r.meta.regions,
         })
         .collect();
     Ok(Manifest {
@@ -335,13 +325,14 @@ pub fn icl_shots(
         }
         let best = h
             .record
+            .meta
             .regions
             .iter()
             .map(|g| (phrase_match(phrase, g), g))
             .filter(|(m, _)| *m > 0.0)
             .max_by(|a, b| a.0.total_cmp(&b.0));
         let Some((_, g)) = best else { continue };
-        let img = match crate::dicom::load_gray8(std::path::Path::new(&h.record.path)) {
+        let img = match crate::dicom::load_gray8(std::path::Path::new(&h.record.meta.path)) {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!("in-context example unavailable ({e})");
@@ -353,6 +344,7 @@ pub fn icl_shots(
             .map_err(|e| StoreError::Db(e.to_string()))?;
         let boxes = h
             .record
+            .meta
             .regions
             .iter()
             .filter(|o| o.phrase == g.phrase)
@@ -389,16 +381,21 @@ pub fn search_image_file(
     if k == 0 || !store.has_hash(&hash)? {
         return Ok((hits, false));
     }
-    let hit = match hits.iter().position(|h| h.record.content_hash == hash) {
+    let hit = match hits.iter().position(|h| h.record.meta.content_hash == hash) {
         Some(i) => hits.remove(i),
         None => {
             let found = store
                 .records()?
                 .into_iter()
-                .find(|r| r.content_hash == hash && r.model_id == model_id);
+                .find(|r| r.meta.content_hash == hash && r.meta.model_id == model_id);
             match found {
                 Some(r)
-                    if filter.accepts(&r.patient_id, &r.view, &r.labels, !r.regions.is_empty()) =>
+                    if filter.accepts(
+                        &r.meta.patient_id,
+                        &r.meta.view,
+                        &r.meta.labels,
+                        !r.meta.regions.is_empty(),
+                    ) =>
                 {
                     Hit {
                         score: 1.0,

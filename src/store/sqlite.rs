@@ -14,7 +14,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::hnsw::{exact_search, Hnsw, HnswParams};
 use super::{
-    same_model, Filter, Hit, NewRecord, PriorStore, RecordInfo, StoreError, EXACT_THRESHOLD,
+    same_model, Filter, Hit, NewRecord, PriorStore, RecordInfo, RecordMeta, StoreError,
+    EXACT_THRESHOLD,
 };
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -261,17 +262,19 @@ impl SqliteStore {
     fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordInfo> {
         Ok(RecordInfo {
             id: r.get(0)?,
-            model_id: r.get(1)?,
-            patient_id: r.get(2)?,
-            study_uid: r.get(3)?,
-            series_uid: r.get(4)?,
-            sop_uid: r.get(5)?,
-            view: r.get(6)?,
-            labels: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
-            report: r.get(8)?,
-            regions: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
-            path: r.get(10)?,
-            content_hash: r.get(11)?,
+            meta: RecordMeta {
+                model_id: r.get(1)?,
+                patient_id: r.get(2)?,
+                study_uid: r.get(3)?,
+                series_uid: r.get(4)?,
+                sop_uid: r.get(5)?,
+                view: r.get(6)?,
+                labels: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
+                report: r.get(8)?,
+                regions: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+                path: r.get(10)?,
+                content_hash: r.get(11)?,
+            },
         })
     }
 
@@ -344,10 +347,10 @@ impl PriorStore for SqliteStore {
         let mut ids = Vec::with_capacity(records.len());
         for r in records {
             if let Some(m) = &store_model {
-                if *m != r.model_id {
+                if *m != r.meta.model_id {
                     return Err(StoreError::ModelMismatch {
                         store: m.clone(),
-                        model: r.model_id.clone(),
+                        model: r.meta.model_id.clone(),
                     });
                 }
             }
@@ -364,18 +367,18 @@ impl PriorStore for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT(content_hash) DO NOTHING",
                 params![
-                    r.content_hash,
-                    r.model_id,
+                    r.meta.content_hash,
+                    r.meta.model_id,
                     to_blob(&r.embedding),
-                    r.patient_id,
-                    r.study_uid,
-                    r.series_uid,
-                    r.sop_uid,
-                    r.view,
-                    serde_json::to_string(&r.labels).unwrap_or_else(|_| "[]".into()),
-                    r.report,
-                    serde_json::to_string(&r.regions).unwrap_or_else(|_| "[]".into()),
-                    r.path,
+                    r.meta.patient_id,
+                    r.meta.study_uid,
+                    r.meta.series_uid,
+                    r.meta.sop_uid,
+                    r.meta.view,
+                    serde_json::to_string(&r.meta.labels).unwrap_or_else(|_| "[]".into()),
+                    r.meta.report,
+                    serde_json::to_string(&r.meta.regions).unwrap_or_else(|_| "[]".into()),
+                    r.meta.path,
                     r.thumbnail_png,
                 ],
             )
@@ -385,7 +388,7 @@ impl PriorStore for SqliteStore {
         if store_model.is_none() {
             tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('model_id', ?1)",
-                [&records[0].model_id],
+                [&records[0].meta.model_id],
             )
             .map_err(db)?;
             tx.execute(

@@ -7,40 +7,42 @@ use std::process::Command;
 use lofi_viewer::manifest::Region;
 use lofi_viewer::store::hnsw::{exact_search, random_unit_vectors, Hnsw, HnswParams};
 use lofi_viewer::store::sqlite::SqliteStore;
-use lofi_viewer::store::{Filter, NewRecord, PriorStore, StoreError};
+use lofi_viewer::store::{Filter, NewRecord, PriorStore, RecordMeta, StoreError};
 
 fn rec(i: usize, emb: &[f32], model: &str) -> NewRecord {
     NewRecord {
         embedding: emb.to_vec(),
-        model_id: model.into(),
-        patient_id: format!("P{}", i % 5),
-        study_uid: format!("1.2.3.{i}"),
-        series_uid: format!("1.2.3.{i}.1"),
-        sop_uid: format!("1.2.3.{i}.1.1"),
-        view: if i.is_multiple_of(2) {
-            "PA".into()
-        } else {
-            "AP".into()
+        meta: RecordMeta {
+            model_id: model.into(),
+            patient_id: format!("P{}", i % 5),
+            study_uid: format!("1.2.3.{i}"),
+            series_uid: format!("1.2.3.{i}.1"),
+            sop_uid: format!("1.2.3.{i}.1.1"),
+            view: if i.is_multiple_of(2) {
+                "PA".into()
+            } else {
+                "AP".into()
+            },
+            labels: if i.is_multiple_of(3) {
+                vec!["Effusion".into()]
+            } else {
+                vec!["Nodule".into()]
+            },
+            report: Some(format!("report {i}")),
+            regions: if i.is_multiple_of(4) {
+                vec![Region {
+                    phrase: "left pleural effusion".into(),
+                    phrase_basic: Some("pleural effusion".into()),
+                    finding: Some("Effusion".into()),
+                    synonyms: vec![],
+                    bbox: [10.0, 20.0, 30.0, 40.0],
+                }]
+            } else {
+                vec![]
+            },
+            path: format!("/data/img{i}.png"),
+            content_hash: format!("{i:064x}"),
         },
-        labels: if i.is_multiple_of(3) {
-            vec!["Effusion".into()]
-        } else {
-            vec!["Nodule".into()]
-        },
-        report: Some(format!("report {i}")),
-        regions: if i.is_multiple_of(4) {
-            vec![Region {
-                phrase: "left pleural effusion".into(),
-                phrase_basic: Some("pleural effusion".into()),
-                finding: Some("Effusion".into()),
-                synonyms: vec![],
-                bbox: [10.0, 20.0, 30.0, 40.0],
-            }]
-        } else {
-            vec![]
-        },
-        path: format!("/data/img{i}.png"),
-        content_hash: format!("{i:064x}"),
         thumbnail_png: vec![1, 2, 3, i as u8],
     }
 }
@@ -60,7 +62,7 @@ pub fn store_suite(store: &dyn PriorStore) {
     store.insert(&recs[..5]).unwrap();
     assert_eq!(store.len().unwrap(), 60);
     assert_eq!(store.model_id().unwrap().as_deref(), Some("m@1"));
-    assert!(store.has_hash(&recs[7].content_hash).unwrap());
+    assert!(store.has_hash(&recs[7].meta.content_hash).unwrap());
     assert!(!store.has_hash("nope").unwrap());
     // each record finds itself first
     for i in [0, 13, 59] {
@@ -68,7 +70,7 @@ pub fn store_suite(store: &dyn PriorStore) {
             .search(&recs[i].embedding, "m@1", 5, &Filter::default())
             .unwrap();
         assert_eq!(
-            hits[0].record.content_hash, recs[i].content_hash,
+            hits[0].record.meta.content_hash, recs[i].meta.content_hash,
             "record {i}"
         );
         assert!((hits[0].score - 1.0).abs() < 1e-4);
@@ -76,9 +78,9 @@ pub fn store_suite(store: &dyn PriorStore) {
             hits.windows(2).all(|w| w[0].score >= w[1].score),
             "best first"
         );
-        assert_eq!(hits[0].record.labels, recs[i].labels);
-        assert_eq!(hits[0].record.regions, recs[i].regions);
-        assert_eq!(hits[0].record.report, recs[i].report);
+        assert_eq!(hits[0].record.meta.labels, recs[i].meta.labels);
+        assert_eq!(hits[0].record.meta.regions, recs[i].meta.regions);
+        assert_eq!(hits[0].record.meta.report, recs[i].meta.report);
     }
     // filters
     let q = &recs[0].embedding;
@@ -88,7 +90,7 @@ pub fn store_suite(store: &dyn PriorStore) {
     };
     let hits = store.search(q, "m@1", 10, &f).unwrap();
     assert_eq!(hits.len(), 10);
-    assert!(hits.iter().all(|h| h.record.patient_id != "P0"));
+    assert!(hits.iter().all(|h| h.record.meta.patient_id != "P0"));
     let f = Filter {
         view: Some("AP".into()),
         labels: vec!["Effusion".into()],
@@ -96,16 +98,16 @@ pub fn store_suite(store: &dyn PriorStore) {
     };
     let hits = store.search(q, "m@1", 10, &f).unwrap();
     assert_eq!(hits.len(), 10);
-    assert!(hits
-        .iter()
-        .all(|h| h.record.view == "AP" && h.record.labels == vec!["Effusion".to_string()]));
+    assert!(hits.iter().all(
+        |h| h.record.meta.view == "AP" && h.record.meta.labels == vec!["Effusion".to_string()]
+    ));
     let f = Filter {
         annotated: true,
         ..Default::default()
     };
     let hits = store.search(q, "m@1", 100, &f).unwrap();
     assert_eq!(hits.len(), 15);
-    assert!(hits.iter().all(|h| !h.record.regions.is_empty()));
+    assert!(hits.iter().all(|h| !h.record.meta.regions.is_empty()));
     // embeddings of different models never mix
     match store.search(q, "other@2", 5, &Filter::default()) {
         Err(StoreError::ModelMismatch { .. }) => {}
@@ -126,6 +128,7 @@ pub fn store_suite(store: &dyn PriorStore) {
         .iter()
         .map(|r| {
             let i: usize = r
+                .meta
                 .path
                 .trim_start_matches("/data/img")
                 .trim_end_matches(".png")
@@ -139,7 +142,7 @@ pub fn store_suite(store: &dyn PriorStore) {
     let hits = store
         .search(&new[5 * dim..6 * dim], "m@2", 1, &Filter::default())
         .unwrap();
-    assert_eq!(hits[0].record.path, "/data/img5.png");
+    assert_eq!(hits[0].record.meta.path, "/data/img5.png");
     // delete
     let gone: Vec<i64> = all.iter().take(10).map(|r| r.id).collect();
     store.delete(&gone).unwrap();
@@ -355,10 +358,10 @@ fn index_survives_sigkill_and_completes_without_duplicates() {
         let s = SqliteStore::open(&store).unwrap_or_else(|e| panic!("trial {trial}: {e}"));
         let recs = s.records().unwrap();
         for r in &recs {
-            let bytes = std::fs::read(&r.path).unwrap();
+            let bytes = std::fs::read(&r.meta.path).unwrap();
             assert_eq!(
                 lofi_viewer::util::sha256_hex(&bytes),
-                r.content_hash,
+                r.meta.content_hash,
                 "trial {trial}"
             );
             let t = s.thumbnail(r.id).unwrap().unwrap();
@@ -382,7 +385,7 @@ fn index_survives_sigkill_and_completes_without_duplicates() {
     let s = SqliteStore::open(&store).unwrap();
     let recs = s.records().unwrap();
     assert_eq!(recs.len(), n_files);
-    let mut hashes: Vec<&str> = recs.iter().map(|r| r.content_hash.as_str()).collect();
+    let mut hashes: Vec<&str> = recs.iter().map(|r| r.meta.content_hash.as_str()).collect();
     hashes.sort();
     hashes.dedup();
     assert_eq!(hashes.len(), n_files, "duplicates in the store");
@@ -499,6 +502,7 @@ fn an_identical_stored_file_ranks_first() {
     assert_eq!(hits.len(), 3);
     assert!(hits[0]
         .record
+        .meta
         .path
         .ends_with(a.file_name().unwrap().to_str().unwrap()));
     assert_eq!(hits[0].score, 1.0);

@@ -429,7 +429,7 @@ fn similar_cases_panel_finds_the_image_and_opens_it_two_up() {
         .similar
         .hits
         .iter()
-        .map(|x| x.hit.record.path.clone())
+        .map(|x| x.hit.record.meta.path.clone())
         .collect();
     assert_eq!(hits.len(), 3);
     assert!(
