@@ -164,9 +164,8 @@ pub struct TrainConfig {
     pub augment: Augment,
     /// With `freeze = "encoder"`: encoder features cached per training image for this many views
     /// — view 0 as is, the others augmented with `augment` (boxes moved with them) — and each
-    /// sample uses one view drawn at random. 1 caches the plain image only (no augmentation), so
-    /// the decoder sees the same features of an image every epoch and learns to recognise the
-    /// image instead of reading the phrase.
+    /// sample uses one view drawn at random. 1 caches the plain image only: no augmentation, the
+    /// decoder sees the same features of an image every epoch.
     pub cache_views: usize,
     /// Task shares of the samples of images with regions (validation always uses the default).
     pub mix: TaskMix,
@@ -627,18 +626,20 @@ pub fn sample_order(seed: u64, n_images: usize, from: usize, n: usize) -> Vec<us
     out
 }
 
-/// `views` views of every image for the frozen encoder's feature cache, at index k · views + v:
-/// view 0 is the image as is, the others are augmented with `aug` (deterministic given `seed`).
-/// Returns the normalised pixels of each view and its regions' boxes (`None`: moved out).
+/// `views` views of every image for the frozen encoder's feature cache, at index k · views + v
+/// for image k (`images[0]` is image `first` of the training set): view 0 is the image as is, the
+/// others are augmented with `aug` (deterministic given `seed` and k). Returns the normalised
+/// pixels of each view and its regions' boxes (`None`: moved out).
 pub fn augmented_views(
     images: &[TrainImage],
+    first: usize,
     views: usize,
     aug: &Augment,
     seed: u64,
 ) -> (Vec<Vec<f32>>, Vec<Vec<Option<UnitBox>>>) {
     let mut px = Vec::with_capacity(images.len() * views);
     let mut boxes_out = Vec::with_capacity(images.len() * views);
-    for (k, im) in images.iter().enumerate() {
+    for (k, im) in (first..).zip(images) {
         let boxes: Vec<UnitBox> = im.regions.iter().map(|r| r.unit).collect();
         for v in 0..views {
             if v == 0 {
@@ -843,10 +844,17 @@ pub fn finetune(
         tr.cache_features(&train_imgs)?;
         Augment::none()
     } else if views > 1 {
+        // a few images at a time: only their views' pixels are held at once
         let pb = bar(train_imgs.len() * views, "caching features");
-        let (px, vb) = augmented_views(&train_imgs, views, &cfg.augment, cfg.seed);
-        view_boxes = vb;
-        tr.cache_pixel_features(&px, &|d| pb.set_position(d as u64))?;
+        let mut feats = Vec::with_capacity(train_imgs.len() * views);
+        for (c, chunk) in train_imgs.chunks(16).enumerate() {
+            let (px, vb) = augmented_views(chunk, c * 16, views, &cfg.augment, cfg.seed);
+            tr.cache_pixel_features(&px, &|_| {})?;
+            feats.extend(tr.cache.take().unwrap_or_default());
+            view_boxes.extend(vb);
+            pb.set_position(feats.len() as u64);
+        }
+        tr.cache = Some(feats);
         pb.finish_and_clear();
         Augment::none()
     } else {

@@ -292,7 +292,7 @@ fn cached_views_are_the_image_then_deterministic_augmentations() {
     let d = tempfile::tempdir().unwrap();
     let m = four_images(d.path());
     let imgs = prepare(&m, 64, 1, &|_| {}).unwrap();
-    let (px, boxes) = augmented_views(&imgs, 3, &Augment::default(), 7);
+    let (px, boxes) = augmented_views(&imgs, 0, 3, &Augment::default(), 7);
     assert_eq!((px.len(), boxes.len()), (12, 12));
     for (k, im) in imgs.iter().enumerate() {
         // view 0: the image itself, boxes unchanged
@@ -321,10 +321,14 @@ fn cached_views_are_the_image_then_deterministic_augmentations() {
     }
     assert!(imgs.iter().any(|im| !im.regions.is_empty()));
     // deterministic given the seed, different for another seed
-    let again = augmented_views(&imgs, 3, &Augment::default(), 7);
+    let again = augmented_views(&imgs, 0, 3, &Augment::default(), 7);
     assert_eq!(again.0, px);
     assert_eq!(again.1, boxes);
-    assert_ne!(augmented_views(&imgs, 3, &Augment::default(), 8).0, px);
+    assert_ne!(augmented_views(&imgs, 0, 3, &Augment::default(), 8).0, px);
+    // built a few images at a time (as training does), the views are the same
+    let (tail_px, tail_boxes) = augmented_views(&imgs[2..], 2, 3, &Augment::default(), 7);
+    assert_eq!(tail_px, px[6..]);
+    assert_eq!(tail_boxes, boxes[6..]);
 }
 
 fn assert_resume_is_bit_exact(cfg: TrainConfig) {
