@@ -422,16 +422,12 @@ impl Trainer {
             .iter()
             .map(|i| crate::model::image::normalize(i.square.as_raw()))
             .collect();
-        self.cache_pixel_features(&px, &|_| {})
+        self.cache_pixel_features(&px)
     }
 
     /// Compute and keep the frozen encoder's features of normalised squares (frozen-encoder
-    /// mode); cache index i is `pixels[i]`. `progress` gets the count done.
-    pub fn cache_pixel_features(
-        &mut self,
-        pixels: &[Vec<f32>],
-        progress: &dyn Fn(usize),
-    ) -> Result<(), TrainError> {
+    /// mode); cache index i is `pixels[i]`.
+    pub fn cache_pixel_features(&mut self, pixels: &[Vec<f32>]) -> Result<(), TrainError> {
         let mut out = Vec::with_capacity(pixels.len());
         for chunk in pixels.chunks(16) {
             let t = self.pixels_tensor(chunk)?;
@@ -446,7 +442,6 @@ impl Trainer {
                     pooled: pooled.get(i)?.detach(),
                 });
             }
-            progress(out.len());
         }
         self.cache = Some(out);
         Ok(())
@@ -849,7 +844,7 @@ pub fn finetune(
         let mut feats = Vec::with_capacity(train_imgs.len() * views);
         for (c, chunk) in train_imgs.chunks(16).enumerate() {
             let (px, vb) = augmented_views(chunk, c * 16, views, &cfg.augment, cfg.seed);
-            tr.cache_pixel_features(&px, &|_| {})?;
+            tr.cache_pixel_features(&px)?;
             feats.extend(tr.cache.take().unwrap_or_default());
             view_boxes.extend(vb);
             pb.set_position(feats.len() as u64);
