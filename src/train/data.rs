@@ -44,6 +44,8 @@ pub struct TrainImage {
     pub regions: Vec<UnitRegion>,
     /// Source path.
     pub path: PathBuf,
+    /// Patient id (in-context examples come from other patients).
+    pub patient: Option<String>,
 }
 
 /// Load and letterbox every record's image (on `threads` worker threads). Images that fail to load
@@ -117,6 +119,7 @@ fn prepare_one(m: &Manifest, r: &Record, size: u32) -> Result<TrainImage, TrainE
         labels_text: lt,
         regions,
         path,
+        patient: r.patient_id.clone(),
     })
 }
 
@@ -130,6 +133,13 @@ pub struct TaskMix {
     /// Share of grounding samples asked with the full phrase (finding, side and zone words); the
     /// rest ask with the finding-level phrase (60 %) or one of its synonyms (40 %).
     pub full_phrase: f64,
+    /// Share of grounding samples that carry solved examples before the query (retrieval-based
+    /// in-context grounding, as `ground --shots K` asks): 1 to `max_shots` of the nearest
+    /// training images of other patients with the same finding, by image embedding. Needs the
+    /// frozen encoder's feature cache (`freeze = "encoder"`). Default 0: single-image prompts.
+    pub in_context: f64,
+    /// Most solved examples in one in-context sample (K is drawn from 1..=max_shots).
+    pub max_shots: usize,
 }
 
 impl Default for TaskMix {
@@ -137,6 +147,8 @@ impl Default for TaskMix {
         Self {
             grounding: 0.5,
             full_phrase: 0.5,
+            in_context: 0.0,
+            max_shots: 3,
         }
     }
 }
@@ -147,10 +159,14 @@ impl TaskMix {
         for (name, v) in [
             ("grounding", self.grounding),
             ("full_phrase", self.full_phrase),
+            ("in_context", self.in_context),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("mix.{name} must be in [0, 1], got {v}"));
             }
+        }
+        if self.in_context > 0.0 && self.max_shots == 0 {
+            return Err("mix.max_shots must be at least 1 when mix.in_context > 0".into());
         }
         Ok(())
     }
@@ -278,6 +294,126 @@ pub struct Sample {
     pub turn: Turn,
     /// Which decoder loss it feeds.
     pub kind: TaskKind,
+    /// Solved examples before the query turn (in-context grounding): the training image each
+    /// comes from (its index, or its feature-cache index once the trainer has mapped it) and its
+    /// unsupervised turn, nearest first.
+    pub shots: Vec<(usize, Turn)>,
+}
+
+/// Where a grounding sample's in-context examples come from.
+#[derive(Debug, Clone, Copy)]
+pub struct ShotContext<'a> {
+    /// The training images.
+    pub images: &'a [TrainImage],
+    /// For every training image: per finding it shows, the training images of other patients
+    /// with that finding, nearest first (see [`nearest_by_finding`]).
+    pub neighbours: &'a [Vec<(String, Vec<usize>)>],
+    /// Index of the sample's own image.
+    pub index: usize,
+}
+
+/// For every image: per finding among its regions, up to `keep` other-patient images with the
+/// same finding, nearest first by cosine of `embeddings` (one per image, any scale). Ties keep
+/// the lower index first, so the result is deterministic.
+pub fn nearest_by_finding(
+    images: &[TrainImage],
+    embeddings: &[Vec<f32>],
+    keep: usize,
+) -> Vec<Vec<(String, Vec<usize>)>> {
+    let unit: Vec<Vec<f32>> = embeddings
+        .iter()
+        .map(|e| {
+            let n = e.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            e.iter().map(|v| v / n).collect()
+        })
+        .collect();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| {
+            let mut findings: Vec<String> = im.regions.iter().map(|r| r.finding.clone()).collect();
+            findings.sort();
+            findings.dedup();
+            findings
+                .into_iter()
+                .map(|f| {
+                    let mut c: Vec<(f32, usize)> = images
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, o)| {
+                            j != i
+                                && (o.patient.is_none() || o.patient != im.patient)
+                                && o.regions.iter().any(|r| r.finding == f)
+                        })
+                        .map(|(j, _)| (dot(&unit[i], &unit[j]), j))
+                        .collect();
+                    c.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                    (f, c.into_iter().take(keep).map(|(_, j)| j).collect())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Draw the solved examples of one grounding sample: K in 1..=`max_shots`, chosen among the 2K
+/// nearest cases with the finding and given nearest first, each asked with the same kind of
+/// phrase as the query (`by_finding`: finding-level words) and answered with all its boxes of
+/// that phrase (or finding).
+fn draw_shots(
+    ctx: &ShotContext<'_>,
+    finding: &str,
+    by_finding: bool,
+    max_shots: usize,
+    rng: &mut dyn RngCore,
+) -> Vec<(usize, Turn)> {
+    let Some((_, cands)) = ctx
+        .neighbours
+        .get(ctx.index)
+        .and_then(|n| n.iter().find(|(f, _)| f == finding))
+    else {
+        return Vec::new();
+    };
+    if cands.is_empty() || max_shots == 0 {
+        return Vec::new();
+    }
+    let k = rng.random_range(1..=max_shots).min(cands.len());
+    let pool = (2 * k).min(cands.len());
+    let mut picked: Vec<usize> = rand::seq::index::sample(rng, pool, k).into_vec();
+    picked.sort_unstable();
+    picked
+        .into_iter()
+        .filter_map(|p| {
+            let n = cands[p];
+            let im = ctx.images.get(n)?;
+            let g = im.regions.iter().find(|r| r.finding == finding)?;
+            let phrase = if by_finding {
+                g.phrase_basic.clone()
+            } else {
+                g.phrase.clone()
+            };
+            let boxes: Vec<UnitBox> = im
+                .regions
+                .iter()
+                .filter(|o| {
+                    if by_finding {
+                        o.finding == finding
+                    } else {
+                        o.phrase == g.phrase
+                    }
+                })
+                .map(|o| o.unit)
+                .collect();
+            Some((
+                n,
+                Turn {
+                    instruction: Instruction::Ground(phrase),
+                    response: Some(ground_response(&boxes)),
+                    supervised: false,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Build a sample: augmentation, then grounding / dense captioning (shares from `mix`) when the
@@ -286,23 +422,28 @@ pub fn make_sample(
     img: &TrainImage,
     aug: &Augment,
     mix: &TaskMix,
+    shots: Option<&ShotContext<'_>>,
     rng: &mut dyn RngCore,
 ) -> Sample {
     let boxes: Vec<UnitBox> = img.regions.iter().map(|r| r.unit).collect();
     let (pixels, moved) = augment(&img.square, &boxes, aug, rng);
-    sample_from_view(img, pixels, &moved, mix, rng)
+    sample_from_view(img, pixels, &moved, mix, shots, rng)
 }
 
 /// Build a sample from one already augmented view of `img`: its pixels (may be empty when the
 /// encoder's features of the view are cached) and its regions' boxes after the augmentation
-/// (`None`: moved out of the image).
+/// (`None`: moved out of the image). With `shots` and `mix.in_context > 0`, that share of the
+/// grounding samples also carries solved examples (drawn after everything else, so the random
+/// stream of the other choices does not depend on it).
 pub fn sample_from_view(
     img: &TrainImage,
     pixels: Vec<f32>,
     moved: &[Option<UnitBox>],
     mix: &TaskMix,
+    shots: Option<&ShotContext<'_>>,
     rng: &mut dyn RngCore,
 ) -> Sample {
+    let mut examples = Vec::new();
     let valid: Vec<usize> = (0..moved.len()).filter(|&i| moved[i].is_some()).collect();
     let caption = || Turn {
         instruction: Instruction::Caption,
@@ -344,6 +485,11 @@ pub fn sample_from_view(
                 })
                 .filter_map(|&j| moved[j])
                 .collect();
+            if let Some(ctx) = shots.filter(|_| mix.in_context > 0.0) {
+                if rng.random_bool(mix.in_context) {
+                    examples = draw_shots(ctx, &r.finding, by_finding, mix.max_shots, rng);
+                }
+            }
             (
                 Turn {
                     instruction: Instruction::Ground(phrase),
@@ -369,6 +515,7 @@ pub fn sample_from_view(
         text: img.text.clone(),
         turn,
         kind,
+        shots: examples,
     }
 }
 
@@ -430,12 +577,13 @@ mod tests {
             labels_text: "effusion".into(),
             regions: vec![region],
             path: PathBuf::from("x.png"),
+            patient: None,
         };
         let count = |mix: &TaskMix| {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
             let (mut ground, mut full) = (0, 0);
             for _ in 0..2000 {
-                let s = make_sample(&img, &Augment::none(), mix, &mut rng);
+                let s = make_sample(&img, &Augment::none(), mix, None, &mut rng);
                 if let Instruction::Ground(p) = &s.turn.instruction {
                     ground += 1;
                     full += usize::from(p == "left lower zone effusion");
@@ -451,18 +599,170 @@ mod tests {
         let (g, f) = count(&TaskMix {
             grounding: 1.0,
             full_phrase: 1.0,
+            ..TaskMix::default()
         });
         assert_eq!((g, f), (2000, 2000));
         let (g, _) = count(&TaskMix {
             grounding: 0.0,
             full_phrase: 1.0,
+            ..TaskMix::default()
         });
         assert_eq!(g, 0);
         assert!(TaskMix {
             grounding: 1.5,
-            full_phrase: 0.5
+            full_phrase: 0.5,
+            ..TaskMix::default()
         }
         .check()
         .is_err());
+        assert!(TaskMix {
+            in_context: 0.5,
+            max_shots: 0,
+            ..TaskMix::default()
+        }
+        .check()
+        .is_err());
+    }
+
+    fn case(patient: &str, regions: &[(&str, &str, UnitBox)]) -> TrainImage {
+        TrainImage {
+            letterbox: Letterbox::new(16, 16, 16),
+            square: GrayImage::new(16, 16),
+            text: "x".into(),
+            report: None,
+            labels_text: "x".into(),
+            regions: regions
+                .iter()
+                .map(|(finding, phrase, unit)| UnitRegion {
+                    phrase: (*phrase).into(),
+                    phrase_basic: finding.to_lowercase(),
+                    finding: (*finding).into(),
+                    synonyms: vec![],
+                    unit: *unit,
+                })
+                .collect(),
+            path: PathBuf::from(format!("{patient}.png")),
+            patient: Some(patient.into()),
+        }
+    }
+
+    #[test]
+    fn neighbours_are_other_patients_with_the_finding_nearest_first() {
+        let e = "Effusion";
+        let imgs = vec![
+            case("1", &[(e, "left pleural effusion", [0.6, 0.6, 0.9, 0.9])]),
+            case("1", &[(e, "left pleural effusion", [0.6, 0.6, 0.9, 0.9])]), // same patient
+            case("2", &[(e, "right pleural effusion", [0.1, 0.6, 0.4, 0.9])]),
+            case(
+                "3",
+                &[("Nodule", "left lower zone nodule", [0.6, 0.7, 0.7, 0.8])],
+            ),
+            case("4", &[(e, "left pleural effusion", [0.55, 0.6, 0.9, 0.95])]),
+        ];
+        // cosines from image 0: 1 and 3 are nearest but excluded (same patient, other finding)
+        let emb = vec![
+            vec![1.0, 0.0],
+            vec![2.0, 0.1],
+            vec![0.0, 1.0],
+            vec![1.0, 0.2],
+            vec![3.0, 1.5],
+        ];
+        let n = nearest_by_finding(&imgs, &emb, 8);
+        assert_eq!(n[0], vec![(e.to_string(), vec![4, 2])]);
+        assert_eq!(n[3], vec![("Nodule".to_string(), vec![])]);
+        assert_eq!(n[2][0].1, vec![4, 1, 0]);
+        assert_eq!(nearest_by_finding(&imgs, &emb, 1)[0][0].1, vec![4]);
+    }
+
+    #[test]
+    fn in_context_samples_carry_solved_examples_and_leave_other_draws_alone() {
+        let e = "Effusion";
+        let imgs = vec![
+            case("1", &[(e, "left pleural effusion", [0.6, 0.6, 0.9, 0.9])]),
+            case("2", &[(e, "right pleural effusion", [0.1, 0.6, 0.4, 0.9])]),
+            case(
+                "3",
+                &[
+                    (e, "left pleural effusion", [0.55, 0.6, 0.9, 0.95]),
+                    (e, "right pleural effusion", [0.05, 0.6, 0.3, 0.9]),
+                ],
+            ),
+        ];
+        let emb = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 0.1]];
+        let neighbours = nearest_by_finding(&imgs, &emb, 8);
+        let ctx = ShotContext {
+            images: &imgs,
+            neighbours: &neighbours,
+            index: 0,
+        };
+        let mix = TaskMix {
+            grounding: 1.0,
+            full_phrase: 1.0,
+            in_context: 1.0,
+            max_shots: 2,
+        };
+        let (mut one, mut two) = (0, 0);
+        for seed in 0..200 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let s = make_sample(&imgs[0], &Augment::none(), &mix, Some(&ctx), &mut rng);
+            assert!(!s.shots.is_empty() && s.shots.len() <= 2);
+            // nearest first: image 2 before image 1
+            let order: Vec<usize> = s.shots.iter().map(|(n, _)| *n).collect();
+            assert!(order == [2] || order == [1] || order == [2, 1], "{order:?}");
+            for (n, t) in &s.shots {
+                assert!(!t.supervised);
+                let Instruction::Ground(p) = &t.instruction else {
+                    panic!("not a grounding example")
+                };
+                // the example's own phrase, answered with its boxes of that phrase
+                let want = if *n == 2 {
+                    ("left pleural effusion", "```\n[[550,600,900,950]]\n```")
+                } else {
+                    ("right pleural effusion", "```\n[[100,600,400,900]]\n```")
+                };
+                assert_eq!((p.as_str(), t.response.as_deref()), (want.0, Some(want.1)));
+            }
+            one += usize::from(s.shots.len() == 1);
+            two += usize::from(s.shots.len() == 2);
+        }
+        assert!(one > 50 && two > 50, "{one} {two}");
+        // finding-level query: examples asked with finding-level words, all boxes of the finding
+        let basic = TaskMix {
+            full_phrase: 0.0,
+            ..mix
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let s = (0..50)
+            .map(|_| make_sample(&imgs[0], &Augment::none(), &basic, Some(&ctx), &mut rng))
+            .find(|s| s.shots.iter().any(|(n, _)| *n == 2))
+            .unwrap();
+        let (_, t) = s.shots.iter().find(|(n, _)| *n == 2).unwrap();
+        assert_eq!(
+            t.response.as_deref(),
+            Some("```\n[[50,600,300,900],[550,600,900,950]]\n```")
+        );
+        // in_context = 0: the same samples as without any context (same random stream)
+        let plain = TaskMix {
+            in_context: 0.0,
+            ..mix
+        };
+        for seed in 0..20 {
+            let a = make_sample(
+                &imgs[0],
+                &Augment::none(),
+                &plain,
+                Some(&ctx),
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            );
+            let b = make_sample(
+                &imgs[0],
+                &Augment::none(),
+                &plain,
+                None,
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            );
+            assert!(a.shots.is_empty());
+            assert_eq!(a.turn, b.turn);
+        }
     }
 }

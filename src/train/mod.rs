@@ -25,13 +25,13 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::Manifest;
 use crate::model::config::{Config, LoraConfig, Preset};
 use crate::model::params::{ParamStore, TrainableFn};
-use crate::model::prompt::{build_prompt, UnitBox};
+use crate::model::prompt::{build_prompt, Turn, UnitBox};
 use crate::model::tokenizer::LofiTokenizer;
 use crate::model::{l2_normalize, LofiModel, ModelError};
 use crate::util::Cancel;
 
 use self::checkpoint::TrainState;
-use self::data::{make_sample, Augment, Sample, TaskKind, TaskMix, TrainImage};
+use self::data::{make_sample, Augment, Sample, ShotContext, TaskKind, TaskMix, TrainImage};
 use self::optim::{AdamW, AdamWConfig};
 
 /// Errors of training.
@@ -230,6 +230,12 @@ impl TrainConfig {
         self.mix.check().map_err(TrainError::Config)?;
         if self.cache_views == 0 {
             return Err(TrainError::Config("cache_views must be ≥ 1".into()));
+        }
+        if self.mix.in_context > 0.0 && self.freeze != Freeze::Encoder {
+            return Err(TrainError::Config(
+                "mix.in_context needs freeze = \"encoder\" (examples come from the feature cache)"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -509,54 +515,93 @@ impl Trainer {
         let prefix = self.model.projector.forward(&tokens)?;
         let prompts = samples
             .iter()
-            .map(|s| build_prompt(&self.tokenizer, std::slice::from_ref(&s.turn), m))
+            .map(|s| {
+                let mut turns: Vec<Turn> = s.shots.iter().map(|(_, t)| t.clone()).collect();
+                turns.push(s.turn.clone());
+                build_prompt(&self.tokenizer, &turns, m)
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        // every prompt's first image (an example's or the query's) sits at the same position
         let start = prompts[0].image_starts[0];
         if prompts.iter().any(|p| p.image_starts[0] != start) {
             return Err(TrainError::Data(
                 "prompts disagree on the image position".into(),
             ));
         }
-        let t_max = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-        let mut flat_ids = Vec::with_capacity(b * t_max);
-        let (mut cap_rows, mut cap_tgt, mut loc_rows, mut loc_tgt) =
-            (vec![], vec![], vec![], vec![]);
-        for (bi, (p, s)) in prompts.iter().zip(samples).enumerate() {
-            for t in 0..t_max {
-                let id = p.ids.get(t).copied().unwrap_or(self.tokenizer.pad);
-                flat_ids.push(id);
-                if t >= 1 && p.targets.get(t).copied().unwrap_or(false) {
-                    let row = (bi * t_max + t - 1) as u32;
-                    match s.kind {
-                        TaskKind::Caption => {
-                            cap_rows.push(row);
-                            cap_tgt.push(id);
-                        }
-                        TaskKind::Location => {
-                            loc_rows.push(row);
-                            loc_tgt.push(id);
+        // samples with in-context examples have much longer prompts: they run through the
+        // decoder as a second group, so the single-image prompts are not padded to their length
+        let plain: Vec<usize> = (0..b).filter(|&i| samples[i].shots.is_empty()).collect();
+        let with_shots: Vec<usize> = (0..b).filter(|&i| !samples[i].shots.is_empty()).collect();
+        let (mut cap_h, mut cap_tgt, mut loc_h, mut loc_tgt) = (vec![], vec![], vec![], vec![]);
+        for group in [plain, with_shots] {
+            if group.is_empty() {
+                continue;
+            }
+            let n = group.len();
+            let t_max = group
+                .iter()
+                .map(|&i| prompts[i].ids.len())
+                .max()
+                .unwrap_or(0);
+            let mut flat_ids = Vec::with_capacity(n * t_max);
+            let (mut cap_rows, mut loc_rows) = (vec![], vec![]);
+            for (gi, &bi) in group.iter().enumerate() {
+                let (p, s) = (&prompts[bi], &samples[bi]);
+                for t in 0..t_max {
+                    let id = p.ids.get(t).copied().unwrap_or(self.tokenizer.pad);
+                    flat_ids.push(id);
+                    if t >= 1 && p.targets.get(t).copied().unwrap_or(false) {
+                        let row = (gi * t_max + t - 1) as u32;
+                        match s.kind {
+                            TaskKind::Caption => {
+                                cap_rows.push(row);
+                                cap_tgt.push(id);
+                            }
+                            TaskKind::Location => {
+                                loc_rows.push(row);
+                                loc_tgt.push(id);
+                            }
                         }
                     }
                 }
             }
+            let ids = Tensor::from_vec(flat_ids, (n, t_max), &self.device)?;
+            let embeds = if samples[group[0]].shots.is_empty() {
+                let pre = if n == b {
+                    prefix.clone()
+                } else {
+                    let rows: Vec<u32> = group.iter().map(|&i| i as u32).collect();
+                    prefix.index_select(&Tensor::from_vec(rows, n, &self.device)?, 0)?
+                };
+                self.model.prompt_embeds(&ids, &[start], &[pre])?
+            } else {
+                self.embeds_with_shots(samples, &prompts, &group, &ids, &prefix)?
+            };
+            let hidden = self.model.decoder.forward_embeds(&embeds, None)?;
+            let hidden = hidden.reshape((n * t_max, ()))?;
+            for (rows, out) in [(cap_rows, &mut cap_h), (loc_rows, &mut loc_h)] {
+                if !rows.is_empty() {
+                    let k = rows.len();
+                    out.push(hidden.index_select(&Tensor::from_vec(rows, k, &self.device)?, 0)?);
+                }
+            }
         }
-        let ids = Tensor::from_vec(flat_ids, (b, t_max), &self.device)?;
-        let embeds = self.model.prompt_embeds(&ids, &[start], &[prefix])?;
-        let hidden = self.model.decoder.forward_embeds(&embeds, None)?;
-        let hidden = hidden.reshape((b * t_max, ()))?;
-        let ce = |rows: Vec<u32>, tgt: Vec<u32>| -> Result<Option<Tensor>, TrainError> {
-            if rows.is_empty() {
+        let ce = |h: Vec<Tensor>, tgt: Vec<u32>| -> Result<Option<Tensor>, TrainError> {
+            if h.is_empty() {
                 return Ok(None);
             }
-            let n = rows.len();
-            let rows = Tensor::from_vec(rows, n, &self.device)?;
+            let h = if h.len() == 1 {
+                h[0].clone()
+            } else {
+                Tensor::cat(&h, 0)?
+            };
+            let n = tgt.len();
             let tgt = Tensor::from_vec(tgt, n, &self.device)?;
-            let h = hidden.index_select(&rows, 0)?;
             let logits = self.model.decoder.logits(&h)?;
             Ok(Some(loss::cross_entropy(&logits, &tgt)?))
         };
-        let cap = ce(cap_rows, cap_tgt)?;
-        let loc = ce(loc_rows, loc_tgt)?;
+        let cap = ce(cap_h, cap_tgt)?;
+        let loc = ce(loc_h, loc_tgt)?;
         let scalar = |t: &Option<Tensor>| -> Result<f64, TrainError> {
             Ok(match t {
                 Some(t) => t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
@@ -582,6 +627,53 @@ impl Trainer {
             txt_sim: mean_off_diagonal_cosine(&txt)?,
         };
         Ok((total, parts))
+    }
+
+    /// Decoder input embeddings of a batch in which some samples carry solved examples: each
+    /// sample's prompt gets its examples' prefixes (projected from the feature cache, whose index
+    /// each shot holds) and then its own `prefix` row, at that prompt's own image positions.
+    fn embeds_with_shots(
+        &self,
+        samples: &[Sample],
+        prompts: &[crate::model::prompt::Prompt],
+        group: &[usize],
+        ids: &Tensor,
+        prefix: &Tensor,
+    ) -> Result<Tensor, TrainError> {
+        let cache = self.cache.as_ref().ok_or_else(|| {
+            TrainError::Data("in-context examples need the frozen encoder's feature cache".into())
+        })?;
+        let shot_idx: Vec<usize> = group
+            .iter()
+            .flat_map(|&i| samples[i].shots.iter().map(|(c, _)| *c))
+            .collect();
+        let toks = shot_idx
+            .iter()
+            .map(|&c| {
+                cache.get(c).map(|f| f.tokens.clone()).ok_or_else(|| {
+                    TrainError::Data(format!(
+                        "in-context example {c} is not in the feature cache"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shot_prefix = self.model.projector.forward(&Tensor::stack(&toks, 0)?)?;
+        let mut rows = Vec::with_capacity(group.len());
+        let mut next = 0;
+        for (gi, &i) in group.iter().enumerate() {
+            let (s, p) = (&samples[i], &prompts[i]);
+            let mut pre = Vec::with_capacity(s.shots.len() + 1);
+            for _ in &s.shots {
+                pre.push(shot_prefix.narrow(0, next, 1)?);
+                next += 1;
+            }
+            pre.push(prefix.narrow(0, i, 1)?);
+            rows.push(
+                self.model
+                    .prompt_embeds(&ids.narrow(0, gi, 1)?, &p.image_starts, &pre)?,
+            );
+        }
+        Ok(Tensor::cat(&rows, 0)?)
     }
 
     /// Gradients of the trainable parameters for one batch.
@@ -694,6 +786,7 @@ pub fn validate(tr: &Trainer, val: &[TrainImage], seed: u64) -> Result<LossParts
                     im,
                     &none,
                     &TaskMix::default(),
+                    None,
                     &mut sample_rng(seed ^ 0xA11, ci * 1000 + i),
                 )
             })
@@ -855,6 +948,27 @@ pub fn finetune(
     } else {
         cfg.augment
     };
+    // in-context training: per image and finding, the nearest other-patient training images
+    // with that finding by the frozen encoder's pooled image embedding (view 0), the embedding
+    // `ground --shots K` retrieves with
+    let neighbours = if cfg.mix.in_context > 0.0 {
+        let stride = views.max(1);
+        let pooled = (0..train_imgs.len())
+            .map(|k| {
+                let f = tr
+                    .cache
+                    .as_ref()
+                    .and_then(|c| c.get(k * stride))
+                    .ok_or_else(|| {
+                        TrainError::Data("in-context examples need the feature cache".into())
+                    })?;
+                Ok(f.pooled.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+            })
+            .collect::<Result<Vec<Vec<f32>>, TrainError>>()?;
+        data::nearest_by_finding(&train_imgs, &pooled, 4 * cfg.mix.max_shots.max(1))
+    } else {
+        Vec::new()
+    };
     let trainable = tr.store.trainable();
     let (n_all, n_tr) = tr.store.counts();
     tracing::info!(
@@ -927,7 +1041,13 @@ pub fn finetune(
                 .enumerate()
                 .map(|(i, &k)| {
                     let mut rng = sample_rng(cfg.seed, g0 + i);
-                    if views > 1 {
+                    let ctx = ShotContext {
+                        images: &train_imgs,
+                        neighbours: &neighbours,
+                        index: k,
+                    };
+                    let ctx = (!neighbours.is_empty()).then_some(&ctx);
+                    let (mut s, c) = if views > 1 {
                         let v = sample_rng(cfg.seed ^ VIEW_SALT, usize::MAX - (g0 + i))
                             .random_range(0..views);
                         let c = k * views + v;
@@ -936,12 +1056,21 @@ pub fn finetune(
                             Vec::new(),
                             &view_boxes[c],
                             &cfg.mix,
+                            ctx,
                             &mut rng,
                         );
                         (s, c)
                     } else {
-                        (make_sample(&train_imgs[k], &augment, &cfg.mix, &mut rng), k)
+                        (
+                            make_sample(&train_imgs[k], &augment, &cfg.mix, ctx, &mut rng),
+                            k,
+                        )
+                    };
+                    // examples are shown as they are: their view 0 in the cache
+                    for (n, _) in &mut s.shots {
+                        *n *= views.max(1);
                     }
+                    (s, c)
                 })
                 .unzip();
             let (g, p) = tr.grads(&samples, &cache_idx)?;

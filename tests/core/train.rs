@@ -5,8 +5,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use lofi_viewer::manifest::{Manifest, Record, Region};
+use lofi_viewer::model::prompt::{build_prompt, ground_response, Instruction, Turn};
 use lofi_viewer::model::Lofi;
-use lofi_viewer::train::data::{make_sample, prepare, Augment, Sample, TaskMix};
+use lofi_viewer::train::data::{make_sample, prepare, Augment, Sample, TaskKind, TaskMix};
 use lofi_viewer::train::{augmented_views, finetune, Freeze, RunOptions, TrainConfig, Trainer};
 use rand::SeedableRng;
 
@@ -56,7 +57,7 @@ fn fixed_samples(tr: &Trainer, m: &Manifest, seed: u64) -> Vec<Sample> {
         .enumerate()
         .map(|(i, im)| {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + i as u64);
-            make_sample(im, &Augment::none(), &TaskMix::default(), &mut rng)
+            make_sample(im, &Augment::none(), &TaskMix::default(), None, &mut rng)
         })
         .collect()
 }
@@ -287,6 +288,122 @@ fn resume_is_bit_exact_with_cached_augmented_views() {
     });
 }
 
+/// The four real images, each with one atelectasis box of its own (four patients), so every
+/// grounding sample can be given solved examples from the others.
+fn four_atelectasis_cases(dir: &Path) -> Manifest {
+    let mut m = four_images(dir);
+    for (i, r) in m.records.iter_mut().enumerate() {
+        let x = 100.0 + 150.0 * i as f32;
+        r.regions = vec![Region {
+            phrase: if i % 2 == 0 {
+                "right middle zone atelectasis".into()
+            } else {
+                "left lower zone atelectasis".into()
+            },
+            phrase_basic: Some("atelectasis".into()),
+            finding: Some("Atelectasis".into()),
+            synonyms: vec![],
+            bbox: [
+                x,
+                300.0 + 40.0 * i as f32,
+                x + 120.0,
+                420.0 + 40.0 * i as f32,
+            ],
+        }];
+    }
+    m
+}
+
+/// In-context training (solved examples from the feature cache) resumes exactly too.
+#[test]
+fn resume_is_bit_exact_with_in_context_examples() {
+    assert_resume_is_bit_exact_on(
+        TrainConfig {
+            freeze: Freeze::Encoder,
+            mix: TaskMix {
+                grounding: 1.0,
+                in_context: 0.7,
+                max_shots: 2,
+                ..TaskMix::default()
+            },
+            ..tiny_cfg()
+        },
+        four_atelectasis_cases,
+    );
+}
+
+/// A batch that mixes single-image prompts with in-context prompts (run through the decoder as
+/// two groups) gives each sample the loss it has alone, and the examples reach the decoder.
+#[test]
+fn in_context_batches_equal_their_samples_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let m = four_atelectasis_cases(d.path());
+    let mut tr = Trainer::new(
+        TrainConfig {
+            freeze: Freeze::Encoder,
+            ..tiny_cfg()
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    let imgs = prepare(&m, tr.model_cfg.image_size as u32, 1, &|_| {}).unwrap();
+    tr.cache_features(&imgs).unwrap();
+    let unit = |k: usize| imgs[k].regions[0].unit;
+    let ground = |k: usize, supervised: bool| Turn {
+        instruction: Instruction::Ground(imgs[k].regions[0].phrase.clone()),
+        response: Some(ground_response(&[unit(k)])),
+        supervised,
+    };
+    let sample = |k: usize, shots: &[usize]| Sample {
+        pixels: Vec::new(),
+        text: imgs[k].text.clone(),
+        turn: ground(k, true),
+        kind: TaskKind::Location,
+        shots: shots.iter().map(|&n| (n, ground(n, false))).collect(),
+    };
+    let loc = |s: &[Sample], idx: &[usize]| tr.batch_loss(s, Some(idx)).unwrap().1.loc;
+    let rows = |s: &Sample| {
+        let mut turns: Vec<Turn> = s.shots.iter().map(|(_, t)| t.clone()).collect();
+        turns.push(s.turn.clone());
+        let p = build_prompt(&tr.tokenizer, &turns, tr.model_cfg.projector.num_tokens).unwrap();
+        p.targets.iter().filter(|&&t| t).count() as f64
+    };
+    let batch = vec![
+        sample(0, &[]),
+        sample(1, &[2, 3]),
+        sample(2, &[]),
+        sample(3, &[0]),
+    ];
+    let idx = [0, 1, 2, 3];
+    let alone: Vec<f64> = (0..4)
+        .map(|i| loc(std::slice::from_ref(&batch[i]), &idx[i..=i]))
+        .collect();
+    let n: Vec<f64> = batch.iter().map(rows).collect();
+    let want = alone.iter().zip(&n).map(|(l, n)| l * n).sum::<f64>() / n.iter().sum::<f64>();
+    let got = loc(&batch, &idx);
+    assert!(
+        (got - want).abs() < 1e-4,
+        "batch {got} vs samples alone {want}"
+    );
+    // the examples are read: the same query with and without them has another loss
+    let without = loc(&[sample(1, &[])], &[1]);
+    assert!(
+        (alone[1] - without).abs() > 1e-4,
+        "{} vs {without}",
+        alone[1]
+    );
+    // and their gradients reach the decoder through the longer prompts
+    let (g, _) = tr.grads(&batch, &idx).unwrap();
+    assert!(g.keys().any(|k| k.starts_with("decoder.")));
+    assert!(g.values().all(|t| t
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite())));
+}
+
 #[test]
 fn cached_views_are_the_image_then_deterministic_augmentations() {
     let d = tempfile::tempdir().unwrap();
@@ -332,8 +449,12 @@ fn cached_views_are_the_image_then_deterministic_augmentations() {
 }
 
 fn assert_resume_is_bit_exact(cfg: TrainConfig) {
+    assert_resume_is_bit_exact_on(cfg, four_images);
+}
+
+fn assert_resume_is_bit_exact_on(cfg: TrainConfig, data: fn(&Path) -> Manifest) {
     let d = tempfile::tempdir().unwrap();
-    let m = four_images(d.path());
+    let m = data(d.path());
     let straight = d.path().join("straight");
     finetune(
         cfg.clone(),
