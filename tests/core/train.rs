@@ -293,7 +293,8 @@ fn resume_is_bit_exact_with_cached_augmented_views() {
 fn four_atelectasis_cases(dir: &Path) -> Manifest {
     let mut m = four_images(dir);
     for (i, r) in m.records.iter_mut().enumerate() {
-        let x = 100.0 + 150.0 * i as f32;
+        // inside every image (the fourth is 512 px)
+        let x = 40.0 + 100.0 * i as f32;
         r.regions = vec![Region {
             phrase: if i % 2 == 0 {
                 "right middle zone atelectasis".into()
@@ -305,9 +306,9 @@ fn four_atelectasis_cases(dir: &Path) -> Manifest {
             synonyms: vec![],
             bbox: [
                 x,
-                300.0 + 40.0 * i as f32,
-                x + 120.0,
-                420.0 + 40.0 * i as f32,
+                150.0 + 30.0 * i as f32,
+                x + 80.0,
+                250.0 + 30.0 * i as f32,
             ],
         }];
     }
@@ -347,6 +348,7 @@ fn in_context_batches_equal_their_samples_alone() {
     )
     .unwrap();
     let imgs = prepare(&m, tr.model_cfg.image_size as u32, 1, &|_| {}).unwrap();
+    assert!(imgs.iter().all(|i| i.regions.len() == 1));
     tr.cache_features(&imgs).unwrap();
     let unit = |k: usize| imgs[k].regions[0].unit;
     let ground = |k: usize, supervised: bool| Turn {
