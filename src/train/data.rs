@@ -328,25 +328,35 @@ pub fn nearest_by_finding(
         })
         .collect();
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let findings_of = |im: &TrainImage| {
+        let mut f: Vec<String> = im.regions.iter().map(|r| r.finding.clone()).collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+    // the images showing each finding, so each query compares only with those
+    let mut with: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for (j, im) in images.iter().enumerate() {
+        for f in findings_of(im) {
+            with.entry(f).or_default().push(j);
+        }
+    }
     images
         .iter()
         .enumerate()
         .map(|(i, im)| {
-            let mut findings: Vec<String> = im.regions.iter().map(|r| r.finding.clone()).collect();
-            findings.sort();
-            findings.dedup();
-            findings
+            findings_of(im)
                 .into_iter()
                 .map(|f| {
-                    let mut c: Vec<(f32, usize)> = images
+                    let mut c: Vec<(f32, usize)> = with
+                        .get(&f)
+                        .map_or(&[][..], Vec::as_slice)
                         .iter()
-                        .enumerate()
-                        .filter(|&(j, o)| {
-                            j != i
-                                && (o.patient.is_none() || o.patient != im.patient)
-                                && o.regions.iter().any(|r| r.finding == f)
+                        .filter(|&&j| {
+                            let o = &images[j];
+                            j != i && (o.patient.is_none() || o.patient != im.patient)
                         })
-                        .map(|(j, _)| (dot(&unit[i], &unit[j]), j))
+                        .map(|&j| (dot(&unit[i], &unit[j]), j))
                         .collect();
                     c.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                     (f, c.into_iter().take(keep).map(|(_, j)| j).collect())
