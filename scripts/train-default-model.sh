@@ -1,31 +1,36 @@
 #!/usr/bin/env bash
-# Reproduce the bundled default model models/lofi-tiny from ../shared/data/nih-train-512 on CPU:
-# import the NIH layout, train in three stages (configs/lofi-tiny.toml: everything, 1,500 steps;
-# configs/lofi-tiny-ground.toml: decoder side on a grounding-heavy mix, 600 steps, encoder frozen;
-# configs/lofi-tiny-icl.toml: the same plus in-context examples, 300 steps, encoder frozen),
-# store the weights as f16 with the model card, and evaluate on the run's patient-level
-# validation split (with both baselines, the raw-pixel retrieval baseline, K = 3 in-context shots
-# from the training split, and K = 3 box fusion).
+# Reproduce the bundled default model models/lofi-dino from ../shared/data/nih-train-512 on CPU:
+#  1. import the pretrained base weights (scripts/setup-weights.sh) and the NIH layout;
+#  2. split: patient-level validation (15 %, seed 0, measured once at the end) and, inside the
+#     training split, a development slice (15 % of its patients, seed 1) for every choice;
+#  3. stage 1 (configs/lofi-dino.toml) and stage 2 (configs/lofi-dino-icl.toml) on the training
+#     split minus the development slice, DINOv2 frozen at 448 px with cached tokens;
+#  4. the presence threshold chosen on the development slice;
+#  5. store f16 (MODEL_CARD.md stays as written), evaluate on validation with the baselines, and
+#     rebuild the demo prior store (scripts/build-demo-priors.sh).
 #   scripts/train-default-model.sh [NIH_DIR] [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/lofi-target}
 NIH=${1:-../shared/data/nih-train-512}
-RUN=${2:-runs/lofi-tiny}
-RUN2=$RUN-ground
-RUN3=$RUN-icl
+RUN=${2:-runs/lofi-dino}
 cargo build --release --no-default-features --bin lofi-viewer
 LV=$CARGO_TARGET_DIR/release/lofi-viewer
-mkdir -p data
+scripts/setup-weights.sh "$LV"
+mkdir -p data "$RUN"
 "$LV" --headless import-nih "$NIH" --out data/nih-train-512.jsonl
-"$LV" --headless finetune --config configs/lofi-tiny.toml --data data/nih-train-512.jsonl --out "$RUN"
-"$LV" --headless finetune --config configs/lofi-tiny-ground.toml --init "$RUN/model" \
-  --data data/nih-train-512.jsonl --out "$RUN2"
-"$LV" --headless finetune --config configs/lofi-tiny-icl.toml --init "$RUN2/model" \
-  --data data/nih-train-512.jsonl --out "$RUN3"
-"$LV" --headless convert "$RUN3/model" models/lofi-tiny --dtype f16   # MODEL_CARD.md stays as written
-RUN=$RUN3   # same patient-level split (seed 0, 15 %)
-M=models/lofi-tiny
+"$LV" --headless split --data data/nih-train-512.jsonl --fraction 0.15 --seed 0 \
+  --out-a "$RUN/train.jsonl" --out-b "$RUN/val.jsonl"
+"$LV" --headless split --data "$RUN/train.jsonl" --fraction 0.15 --seed 1 \
+  --out-a "$RUN/fit.jsonl" --out-b "$RUN/dev.jsonl"
+"$LV" --headless finetune --config configs/lofi-dino.toml --data "$RUN/fit.jsonl" \
+  --val "$RUN/dev.jsonl" --out "$RUN/stage1"
+"$LV" --headless finetune --config configs/lofi-dino-icl.toml --init "$RUN/stage1/model" \
+  --data "$RUN/fit.jsonl" --val "$RUN/dev.jsonl" --out "$RUN/stage2"
+"$LV" --headless convert "$RUN/stage2/model" models/lofi-dino --dtype f16
+M=models/lofi-dino
+"$LV" --headless --model $M calibrate-presence --data "$RUN/dev.jsonl" --write \
+  > "$RUN/presence-threshold.json"
 mkdir -p "$RUN/eval"
 for field in phrase phrase_basic; do
   "$LV" --headless --model $M eval --data "$RUN/val.jsonl" --phrase-field $field \
@@ -35,6 +40,5 @@ done
       > "$RUN/eval/val-phrase-shots3.json"
 "$LV" --headless --model $M eval --data "$RUN/val.jsonl" --shots 3 --shots-from "$RUN/train.jsonl" \
       --phrase-field phrase_basic > "$RUN/eval/val-phrase_basic-shots3.json"
-"$LV" --headless --model $M eval --data "$RUN/val.jsonl" --shots 3 --shots-from "$RUN/train.jsonl" \
-      --shot-mode fuse > "$RUN/eval/val-phrase-fuse3.json"
-echo "evaluation in $RUN/eval/"
+echo "evaluation in $RUN/eval/" >&2
+scripts/build-demo-priors.sh "$LV"

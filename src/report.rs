@@ -71,6 +71,20 @@ pub struct AiFinding {
     /// Number of in-context examples used.
     #[serde(default)]
     pub shots: usize,
+    /// Number of in-context examples asked for (more than `shots` when the store had fewer).
+    #[serde(default)]
+    pub shots_requested: usize,
+    /// The image–text presence score of the phrase, when the model gave one.
+    #[serde(default)]
+    pub presence: Option<f32>,
+    /// False when the presence score fell below the model's threshold: the finding was judged
+    /// absent and no box was drawn.
+    #[serde(default = "yes")]
+    pub present: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// All AI results of one image.

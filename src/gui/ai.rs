@@ -326,6 +326,7 @@ impl AiState {
             .map(|(_, e)| e.clone());
         let store = self.store.clone();
         let (use_icl, k) = (self.use_icl && self.annotated > 0, self.shots);
+        let requested = if self.use_icl { self.shots } else { 0 };
         let name = match task {
             Task::Ground(_) => "ai-ground",
             Task::FindAll => "ai-find-all",
@@ -356,9 +357,10 @@ impl AiState {
                             _ => Vec::new(),
                         };
                         let shots: Vec<_> = icl.iter().map(|s| s.shot.clone()).collect();
-                        let boxes = lofi
-                            .ground(&enc, &phrase, &shots)
+                        let g = lofi
+                            .ground_checked(&enc, &phrase, &shots)
                             .map_err(|e| e.to_string())?;
+                        let (presence, present, boxes) = (g.presence, g.present, g.boxes);
                         let used = icl
                             .into_iter()
                             .map(|s| {
@@ -384,6 +386,9 @@ impl AiState {
                                     .collect(),
                                 source: Source::Grounding,
                                 shots: shots.len(),
+                                shots_requested: requested,
+                                presence: Some(presence),
+                                present,
                             },
                             used,
                         ))
@@ -419,6 +424,9 @@ impl AiState {
                                 boxes,
                                 source: Source::FindAll,
                                 shots: 0,
+                                shots_requested: 0,
+                                presence: None,
+                                present: true,
                             },
                             Vec::new(),
                         ))
@@ -443,6 +451,9 @@ impl AiState {
                                 }],
                                 source: Source::Described,
                                 shots: 0,
+                                shots_requested: 0,
+                                presence: None,
+                                present: true,
                             },
                             Vec::new(),
                         ))
@@ -746,8 +757,22 @@ pub fn panel_ui(ai: &mut AiState, ui: &mut egui::Ui, key: Option<&str>) -> Panel
                         };
                         ui.label(RichText::new(format!("{}{}", f.phrase, shots)).strong());
                     });
-                    if f.boxes.is_empty() {
+                    if f.shots_requested > f.shots {
+                        ui.label(
+                            RichText::new(format!(
+                                "   only {} of {} similar cases found in the store",
+                                f.shots, f.shots_requested
+                            ))
+                            .weak(),
+                        );
+                    }
+                    if !f.present {
+                        let s = f.presence.unwrap_or(0.0);
+                        ui.label(RichText::new(format!("   not found (score {s:.2})")).strong());
+                    } else if f.boxes.is_empty() {
                         ui.label(RichText::new("   no box found").weak());
+                    } else if let Some(s) = f.presence {
+                        ui.label(RichText::new(format!("   presence score {s:.2}")).weak());
                     }
                     for (bi, b) in f.boxes.iter_mut().enumerate() {
                         ui.horizontal(|ui| {

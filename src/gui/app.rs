@@ -294,7 +294,7 @@ impl LofiApp {
             .model
             .clone()
             .or_else(|| app.settings.model_dir.clone())
-            .unwrap_or_else(crate::cli::commands::default_model_dir);
+            .unwrap_or_else(crate::model::bundled::default_model_dir);
         app.ai.load_model(&app.jobs, model_dir, args.device);
         app.ai.open_store(&app.jobs, args.store.clone());
         app

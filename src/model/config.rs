@@ -31,9 +31,23 @@ pub enum PatchEmbedding {
     Linear,
 }
 
-/// SigLIP-style ViT image encoder.
+/// Which ViT family the image encoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VisionKind {
+    /// SigLIP / SigLIP 2 (`vision_model.embeddings.patch_embedding`, `encoder.layers`, …).
+    #[default]
+    Siglip,
+    /// DINOv2 (HF `Dinov2Model` keys: CLS token, LayerScale, patch 14, ImageNet normalisation).
+    Dinov2,
+}
+
+/// ViT image encoder (SigLIP-style by default, or DINOv2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VisionConfig {
+    /// The ViT family.
+    #[serde(default)]
+    pub kind: VisionKind,
     /// Token width.
     pub hidden_size: usize,
     /// MLP width.
@@ -58,6 +72,11 @@ pub struct VisionConfig {
     /// Whether the pooled-embedding MAP head exists (`vision_model.head.*`).
     #[serde(default = "default_true")]
     pub vision_use_head: bool,
+    /// Pretrained backbone weights in the base folder (e.g. `dinov2-small-imgfocus.safetensors`)
+    /// that this model reads under its own weights: `model.safetensors` then holds only what was
+    /// trained, and a tensor in both is taken from `model.safetensors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 impl VisionConfig {
@@ -67,9 +86,24 @@ impl VisionConfig {
     }
 }
 
-/// SigLIP-style text encoder (last-token pooling + `head` Linear).
+/// What produces the text features under the trained `head`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TextKind {
+    /// A SigLIP-style text tower in the model's own weights (`text_model.*`).
+    #[default]
+    Siglip,
+    /// Frozen Gemma 3 270M from the base folder, mean-pooled; only `text_model.head` is ours
+    /// (locked-text training). `hidden_size` is Gemma's width.
+    Gemma,
+}
+
+/// Text encoder: SigLIP-style (last-token pooling + `head` Linear) or frozen Gemma + `head`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextConfig {
+    /// Where the features come from.
+    #[serde(default)]
+    pub kind: TextKind,
     /// Token vocabulary of the text tower.
     pub vocab_size: usize,
     /// Token width.
@@ -144,9 +178,24 @@ fn one() -> usize {
     1
 }
 
+/// The decoder MLP's gate activation (HF `hidden_activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenActivation {
+    /// `gelu_pytorch_tanh`, Gemma 3's.
+    #[default]
+    #[serde(alias = "gelu_pytorch_tanh", alias = "gelu")]
+    GeluPytorchTanh,
+    /// SiLU (what candle-transformers' `quantized_gemma3` applies; kept to test against it).
+    Silu,
+}
+
 /// Gemma-3-style decoder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecoderConfig {
+    /// MLP gate activation.
+    #[serde(default, skip_serializing_if = "is_default_activation")]
+    pub hidden_activation: HiddenActivation,
     /// Vocabulary (tied input/output embeddings).
     pub vocab_size: usize,
     /// Residual width.
@@ -189,6 +238,10 @@ pub struct DecoderConfig {
     /// Optional tanh soft-capping of the attention logits.
     #[serde(default)]
     pub attn_logit_softcapping: Option<f64>,
+}
+
+fn is_default_activation(a: &HiddenActivation) -> bool {
+    *a == HiddenActivation::GeluPytorchTanh
 }
 
 fn six() -> usize {
@@ -282,6 +335,11 @@ pub struct Config {
     /// Longest generated answer, in tokens.
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
+    /// Presence threshold on the image–text score σ(t·cos + b) of a grounding phrase: below it
+    /// the finding counts as absent and grounding returns no box (chosen on a development slice
+    /// of the training split; absent = no gating).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_threshold: Option<f32>,
 }
 
 fn default_max_new_tokens() -> usize {
@@ -295,8 +353,11 @@ pub enum Preset {
     Paper,
     /// SigLIP 2 base/16-224 + Gemma 3 270M.
     Base,
-    /// Small enough to train on a 2-core CPU; the bundled default.
+    /// Trained from scratch, small enough for a 2-core CPU (the earlier bundled default).
     Tiny,
+    /// Pretrained DINOv2-small vision tower (448 px) and frozen Gemma 3 270M text features from
+    /// the base folder, with a small decoder: the bundled default.
+    Dino,
 }
 
 impl std::str::FromStr for Preset {
@@ -306,8 +367,9 @@ impl std::str::FromStr for Preset {
             "lofi-paper" | "paper" => Ok(Self::Paper),
             "lofi-base" | "base" => Ok(Self::Base),
             "lofi-tiny" | "tiny" => Ok(Self::Tiny),
+            "lofi-dino" | "dino" => Ok(Self::Dino),
             other => Err(ModelError::Config(format!(
-                "unknown preset {other:?} (expected lofi-paper, lofi-base or lofi-tiny)"
+                "unknown preset {other:?} (expected lofi-paper, lofi-base, lofi-tiny or lofi-dino)"
             ))),
         }
     }
@@ -318,6 +380,7 @@ pub const GEMMA3_VOCAB: usize = 262_144;
 
 fn gemma3_270m() -> DecoderConfig {
     DecoderConfig {
+        hidden_activation: HiddenActivation::GeluPytorchTanh,
         vocab_size: GEMMA3_VOCAB,
         hidden_size: 640,
         intermediate_size: 2048,
@@ -355,6 +418,7 @@ impl Config {
                 version: "1".into(),
                 image_size: 512,
                 vision: VisionConfig {
+                    kind: VisionKind::Siglip,
                     hidden_size: 1152,
                     intermediate_size: 4304,
                     num_hidden_layers: 27,
@@ -365,8 +429,10 @@ impl Config {
                     layer_norm_eps: 1e-6,
                     patch_embedding: PatchEmbedding::Conv,
                     vision_use_head: true,
+                    base: None,
                 },
                 text: TextConfig {
+                    kind: TextKind::Siglip,
                     vocab_size: 256_000,
                     hidden_size: 1152,
                     intermediate_size: 4304,
@@ -389,12 +455,14 @@ impl Config {
                 tokens: gemma_tokens(),
                 lora: None,
                 max_new_tokens: 64,
+                presence_threshold: None,
             },
             Preset::Base => Self {
                 name: "lofi-base".into(),
                 version: "1".into(),
                 image_size: 224,
                 vision: VisionConfig {
+                    kind: VisionKind::Siglip,
                     hidden_size: 768,
                     intermediate_size: 3072,
                     num_hidden_layers: 12,
@@ -405,8 +473,10 @@ impl Config {
                     layer_norm_eps: 1e-6,
                     patch_embedding: PatchEmbedding::Conv,
                     vision_use_head: true,
+                    base: None,
                 },
                 text: TextConfig {
+                    kind: TextKind::Siglip,
                     vocab_size: 256_000,
                     hidden_size: 768,
                     intermediate_size: 3072,
@@ -429,12 +499,14 @@ impl Config {
                 tokens: gemma_tokens(),
                 lora: None,
                 max_new_tokens: 64,
+                presence_threshold: None,
             },
             Preset::Tiny => Self {
                 name: "lofi-tiny".into(),
                 version: "1".into(),
                 image_size: 224,
                 vision: VisionConfig {
+                    kind: VisionKind::Siglip,
                     hidden_size: 192,
                     intermediate_size: 768,
                     num_hidden_layers: 6,
@@ -445,8 +517,10 @@ impl Config {
                     layer_norm_eps: 1e-6,
                     patch_embedding: PatchEmbedding::Conv,
                     vision_use_head: true,
+                    base: None,
                 },
                 text: TextConfig {
+                    kind: TextKind::Siglip,
                     vocab_size: TINY_VOCAB,
                     hidden_size: 128,
                     intermediate_size: 512,
@@ -466,6 +540,7 @@ impl Config {
                     layout: ProjectorLayout::SingleBlock,
                 },
                 decoder: DecoderConfig {
+                    hidden_activation: HiddenActivation::GeluPytorchTanh,
                     vocab_size: TINY_VOCAB,
                     hidden_size: 192,
                     intermediate_size: 768,
@@ -488,7 +563,55 @@ impl Config {
                 tokens: SpecialTokens::default(),
                 lora: None,
                 max_new_tokens: 64,
+                presence_threshold: None,
             },
+            Preset::Dino => {
+                let tiny = Self::preset(Preset::Tiny);
+                Self {
+                    name: "lofi-dino".into(),
+                    version: "1".into(),
+                    image_size: 448,
+                    vision: VisionConfig {
+                        kind: VisionKind::Dinov2,
+                        hidden_size: 384,
+                        intermediate_size: 1536,
+                        num_hidden_layers: 12,
+                        num_attention_heads: 6,
+                        num_channels: 3,
+                        image_size: 518,
+                        patch_size: 14,
+                        layer_norm_eps: 1e-6,
+                        patch_embedding: PatchEmbedding::Conv,
+                        vision_use_head: true,
+                        base: Some(super::base::DINOV2_SMALL.into()),
+                    },
+                    text: TextConfig {
+                        kind: TextKind::Gemma,
+                        vocab_size: GEMMA3_VOCAB,
+                        hidden_size: 640,
+                        intermediate_size: 2048,
+                        num_hidden_layers: 18,
+                        num_attention_heads: 4,
+                        max_position_embeddings: 64,
+                        layer_norm_eps: 1e-6,
+                        projection_size: Some(384),
+                        pad_left: false,
+                        pooling: TextPooling::Mean,
+                    },
+                    projector: ProjectorConfig {
+                        num_tokens: 64,
+                        pool: 2,
+                        num_heads: 6,
+                        mlp_hidden: 384,
+                        layout: ProjectorLayout::SingleBlock,
+                    },
+                    decoder: tiny.decoder,
+                    tokens: SpecialTokens::default(),
+                    lora: None,
+                    max_new_tokens: 64,
+                    presence_threshold: None,
+                }
+            }
         }
     }
 
@@ -560,7 +683,7 @@ mod tests {
 
     #[test]
     fn presets_validate_and_roundtrip() {
-        for p in [Preset::Paper, Preset::Base, Preset::Tiny] {
+        for p in [Preset::Paper, Preset::Base, Preset::Tiny, Preset::Dino] {
             let c = Config::preset(p);
             c.validate().unwrap();
             let s = serde_json::to_string(&c).unwrap();

@@ -8,7 +8,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::DecoderConfig;
+use super::config::{DecoderConfig, HiddenActivation};
 use super::nn::{attention, causal_mask, rope_tables, Embedding, Linear, LoraSpec, RmsNorm};
 
 /// Per-layer key/value cache for incremental decoding.
@@ -137,11 +137,16 @@ struct GeGlu {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    act: HiddenActivation,
 }
 
 impl Module for GeGlu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?.gelu()?;
+        let g = self.gate_proj.forward(x)?;
+        let g = match self.act {
+            HiddenActivation::GeluPytorchTanh => g.gelu()?,
+            HiddenActivation::Silu => candle_nn::ops::silu(&g)?,
+        };
         self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
     }
 }
@@ -203,6 +208,7 @@ impl Decoder {
                         None,
                         mlp.pp("down_proj"),
                     )?,
+                    act: cfg.hidden_activation,
                 },
                 input_layernorm: RmsNorm::new(h, eps, l.pp("input_layernorm"))?,
                 post_attention_layernorm: RmsNorm::new(h, eps, l.pp("post_attention_layernorm"))?,

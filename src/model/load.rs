@@ -167,6 +167,19 @@ impl ModelFiles {
     }
 }
 
+impl ModelFiles {
+    /// The weight files to read for `cfg`: the pretrained base backbone first (when the config
+    /// names one), then the model's own, so a tensor in both is taken from the model's.
+    pub fn weights_for(&self, cfg: &Config) -> Result<Vec<PathBuf>, ModelError> {
+        let mut w = Vec::with_capacity(self.weights.len() + 1);
+        if let Some(b) = &cfg.vision.base {
+            w.push(super::base::base_file(b)?);
+        }
+        w.extend(self.weights.iter().cloned());
+        Ok(w)
+    }
+}
+
 /// Memory-map safetensors files.
 pub fn mmap(files: &[PathBuf]) -> Result<MmapedSafetensors, ModelError> {
     for f in files {
@@ -324,6 +337,7 @@ pub fn hf_siglip_config(dir: &Path) -> Result<(VisionConfig, TextConfig), ModelE
     };
     Ok((
         VisionConfig {
+            kind: super::config::VisionKind::Siglip,
             hidden_size: v.hidden_size,
             intermediate_size: v.intermediate_size,
             num_hidden_layers: v.num_hidden_layers,
@@ -338,8 +352,10 @@ pub fn hf_siglip_config(dir: &Path) -> Result<(VisionConfig, TextConfig), ModelE
                 PatchEmbedding::Conv
             },
             vision_use_head: v.vision_use_head,
+            base: None,
         },
         TextConfig {
+            kind: super::config::TextKind::Siglip,
             vocab_size: t.vocab_size,
             hidden_size: t.hidden_size,
             intermediate_size: t.intermediate_size,

@@ -4,10 +4,14 @@
 //! Checkpoint layout (`model.safetensors`): `vision_model.*` and `text_model.*` (HF SigLIP),
 //! `logit_scale`, `logit_bias`, `projector.*`, `decoder.model.*` (HF Gemma 3 under `decoder.`).
 
+pub mod base;
+pub mod bundled;
 pub mod config;
 pub mod decoder;
+pub mod dinov2;
 pub mod encoder;
 pub mod fusion;
+pub mod gemma_text;
 pub mod image;
 pub mod load;
 pub mod nn;
@@ -47,6 +51,14 @@ pub enum ModelError {
     /// A required file is missing.
     #[error("missing model file: {0}")]
     MissingFile(std::path::PathBuf),
+    /// A pretrained base weight file is missing (the set-up script imports it).
+    #[error("missing pretrained base weights {path} — run `{command}` once to import them")]
+    MissingBase {
+        /// The file looked for.
+        path: std::path::PathBuf,
+        /// The command that provides it.
+        command: &'static str,
+    },
     /// A weight does not match the configuration.
     #[error("weights: {0}")]
     Weights(String),
@@ -162,6 +174,19 @@ impl LofiModel {
         }
         Ok(Tensor::cat(&parts, 1)?)
     }
+}
+
+/// Serialise named tensors (sorted by name) as safetensors and write them crash-safely (temp,
+/// fsync, rename). The one writer of weight files.
+pub fn save_safetensors(tensors: &[(String, Tensor)], path: &std::path::Path) -> Result<(), ModelError> {
+    let mut v: Vec<&(String, Tensor)> = tensors.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    let bytes = safetensors::serialize(v.iter().map(|(k, t)| (k.clone(), t)), None)
+        .map_err(|e| ModelError::Weights(e.to_string()))?;
+    crate::util::atomic_write(path, &bytes).map_err(|source| ModelError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    })
 }
 
 /// L2-normalise the last dimension.

@@ -257,11 +257,22 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     x.transpose(1, 2)?.reshape((b, t, h * d))
 }
 
-/// SigLIP MLP: `fc2(gelu(fc1(x)))`.
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// GELU, tanh approximation (SigLIP's `gelu_pytorch_tanh`).
+    #[default]
+    GeluTanh,
+    /// Exact GELU through erf (DINOv2's `gelu`).
+    GeluErf,
+}
+
+/// Transformer MLP: `fc2(act(fc1(x)))` (SigLIP: tanh GELU; DINOv2: erf GELU).
 #[derive(Debug, Clone)]
 pub struct Mlp {
     fc1: Linear,
     fc2: Linear,
+    act: Activation,
 }
 
 impl Mlp {
@@ -275,13 +286,25 @@ impl Mlp {
         Ok(Self {
             fc1: Linear::new(hidden, inner, true, lora, vb.pp("fc1"))?,
             fc2: Linear::new(inner, hidden, true, lora, vb.pp("fc2"))?,
+            act: Activation::GeluTanh,
         })
+    }
+
+    /// The same with another activation.
+    pub fn with_activation(mut self, act: Activation) -> Self {
+        self.act = act;
+        self
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)
+        let h = self.fc1.forward(x)?;
+        let h = match self.act {
+            Activation::GeluTanh => gelu(&h)?,
+            Activation::GeluErf => h.gelu_erf()?,
+        };
+        self.fc2.forward(&h)
     }
 }
 

@@ -95,6 +95,19 @@ impl ScoredBox {
     }
 }
 
+/// A grounding answer with its presence decision.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Grounding {
+    /// Boxes, best first (empty when the finding is judged absent).
+    pub boxes: Vec<ScoredBox>,
+    /// Image–text presence score in (0, 1).
+    pub presence: f32,
+    /// The model's presence threshold, if it has one.
+    pub threshold: Option<f32>,
+    /// Whether the finding is judged present.
+    pub present: bool,
+}
+
 /// A solved grounding example for in-context grounding.
 #[derive(Debug, Clone)]
 pub struct Shot {
@@ -126,13 +139,18 @@ impl Lofi {
         let cfg = Config::from_file(&files.config)?;
         let device = open_device(device)?;
         let dtype = inference_dtype(&device);
-        let vb = mmap_var_builder(&files.weights, dtype, &device)?;
-        let model = LofiModel::new(&cfg, vb).map_err(|e| match e {
+        let weights = files.weights_for(&cfg)?;
+        let vb = mmap_var_builder(&weights, dtype, &device)?;
+        let mut model = LofiModel::new(&cfg, vb).map_err(|e| match e {
             ModelError::Candle(c) => {
                 ModelError::Weights(format!("{}: {c}", files.weights[0].display()))
             }
             o => o,
         })?;
+        if cfg.text.kind == super::config::TextKind::Gemma {
+            let g = super::gemma_text::GemmaText::load_base(&device, dtype)?;
+            model.text.attach_gemma(std::sync::Arc::new(g));
+        }
         let tokenizer = LofiTokenizer::from_file(&files.tokenizer, &cfg.tokens)?;
         if tokenizer.vocab_size() > cfg.decoder.vocab_size {
             return Err(ModelError::Config(format!(
@@ -141,7 +159,7 @@ impl Lofi {
                 cfg.decoder.vocab_size
             )));
         }
-        let embedding_center = load_center(&files.weights, &device, cfg.vision.hidden_size)?;
+        let embedding_center = load_center(&weights, &device, cfg.vision.hidden_size)?;
         Ok(Self {
             model,
             tokenizer,
@@ -257,6 +275,10 @@ impl Lofi {
 
     /// L2-normalised text embedding (text tower + head).
     pub fn embed_text(&self, text: &str) -> Result<Vec<f32>, ModelError> {
+        if self.model.text.kind() == super::config::TextKind::Gemma {
+            let e = self.model.text.embed_texts(&[text])?;
+            return Ok(l2_normalize(&e.to_dtype(DType::F32)?)?.i(0)?.to_vec1()?);
+        }
         let len = self.model.text.max_len();
         let ids = self
             .tokenizer
@@ -316,6 +338,47 @@ impl Lofi {
             text: prev,
             logprobs,
             spans,
+        })
+    }
+
+    /// How likely the image shows what `phrase` names: the sigmoid image–text score
+    /// σ(exp(t′)·cos(image, text) + b) the sigmoid loss trains, in (0, 1).
+    pub fn presence(&self, img: &EncodedImage, phrase: &str) -> Result<f32, ModelError> {
+        let t = self.embed_text(phrase)?;
+        let cos: f32 = img.embedding.iter().zip(&t).map(|(a, b)| a * b).sum();
+        let (scale, bias) = self.sigmoid_params()?;
+        Ok(1.0 / (1.0 + (-(scale * cos + bias)).exp()))
+    }
+
+    /// The sigmoid loss's temperature t = exp(t′) and bias b.
+    pub fn sigmoid_params(&self) -> Result<(f32, f32), ModelError> {
+        let first = |t: &Tensor| -> Result<f32, ModelError> {
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0))
+        };
+        Ok((first(&self.model.logit_scale)?.exp(), first(&self.model.logit_bias)?))
+    }
+
+    /// Grounding that first asks whether the finding is there: the presence score, and the
+    /// boxes only when it reaches the model's threshold (all boxes when the model has none).
+    pub fn ground_checked(
+        &self,
+        img: &EncodedImage,
+        phrase: &str,
+        shots: &[Shot],
+    ) -> Result<Grounding, ModelError> {
+        let presence = self.presence(img, phrase)?;
+        let threshold = self.config().presence_threshold;
+        let present = threshold.is_none_or(|t| presence >= t);
+        let boxes = if present {
+            self.ground(img, phrase, shots)?
+        } else {
+            Vec::new()
+        };
+        Ok(Grounding {
+            boxes,
+            presence,
+            threshold,
+            present,
         })
     }
 

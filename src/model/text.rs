@@ -1,29 +1,96 @@
-//! SigLIP-style text encoder (`text_model.*` keys of HF `SiglipTextModel`): fixed-length input,
-//! bidirectional attention, last-token pooling and the `head` projection.
+//! The text encoder under `text_model.*`: either a SigLIP-style tower (HF `SiglipTextModel` keys:
+//! fixed-length input, bidirectional attention, last-token or mean pooling, `head` projection),
+//! or frozen Gemma 3 features ([`super::gemma_text`]) of which only `head` is ours.
+
+use std::sync::Arc;
 
 use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::{TextConfig, TextPooling};
+use super::config::{TextConfig, TextKind, TextPooling};
 use super::encoder::{Encoder, EncoderDims};
+use super::gemma_text::GemmaText;
 use super::nn::{Embedding, LayerNorm, Linear, LoraSpec};
 
 /// `text_model`.
 #[derive(Debug, Clone)]
 pub struct TextModel {
-    token_embedding: Embedding,
-    position_embedding: Embedding,
-    encoder: Encoder,
-    final_layer_norm: LayerNorm,
+    tower: Option<SiglipTower>,
+    gemma: Option<Arc<GemmaText>>,
     head: Linear,
+    kind: TextKind,
     max_len: usize,
     pad_left: bool,
     pooling: TextPooling,
 }
 
+#[derive(Debug, Clone)]
+struct SiglipTower {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    encoder: Encoder,
+    final_layer_norm: LayerNorm,
+}
+
 impl TextModel {
-    /// Build under `vb` = `text_model`.
+    /// Build under `vb` = `text_model`. A Gemma-kind model builds only its `head`; its features
+    /// come from [`Self::attach_gemma`].
     pub fn new(cfg: &TextConfig, lora: Option<LoraSpec>, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let head = Linear::new(
+            h,
+            cfg.projection_size.unwrap_or(h),
+            true,
+            None,
+            vb.pp("head"),
+        )?;
+        let tower = match cfg.kind {
+            TextKind::Siglip => Some(SiglipTower::new(cfg, lora, vb)?),
+            TextKind::Gemma => None,
+        };
+        Ok(Self {
+            tower,
+            gemma: None,
+            head,
+            kind: cfg.kind,
+            max_len: cfg.max_position_embeddings,
+            pad_left: cfg.pad_left,
+            pooling: cfg.pooling,
+        })
+    }
+
+    /// Give a Gemma-kind model its frozen feature extractor.
+    pub fn attach_gemma(&mut self, gemma: Arc<GemmaText>) {
+        self.gemma = Some(gemma);
+    }
+
+    /// Which kind of text side this is.
+    pub fn kind(&self) -> TextKind {
+        self.kind
+    }
+
+    /// The frozen Gemma, when attached.
+    pub fn gemma(&self) -> Option<&Arc<GemmaText>> {
+        self.gemma.as_ref()
+    }
+
+    /// The trained head on precomputed features `(N, H)` → `(N, P)`.
+    pub fn head_forward(&self, features: &Tensor) -> Result<Tensor> {
+        self.head.forward(features)
+    }
+
+    /// Text embeddings `(N, P)` of raw texts through frozen Gemma + head (Gemma kind only).
+    pub fn embed_texts(&self, texts: &[&str]) -> std::result::Result<Tensor, super::ModelError> {
+        let g = self.gemma.as_ref().ok_or_else(|| {
+            super::ModelError::Config("this model's text side needs Gemma, which is not loaded".into())
+        })?;
+        let f = g.features(texts)?.to_dtype(self.head.weight().dtype())?;
+        Ok(self.head.forward(&f)?)
+    }
+}
+
+impl SiglipTower {
+    fn new(cfg: &TextConfig, lora: Option<LoraSpec>, vb: VarBuilder) -> Result<Self> {
         let emb = vb.pp("embeddings");
         let h = cfg.hidden_size;
         let dims = EncoderDims {
@@ -43,18 +110,11 @@ impl TextModel {
             )?,
             encoder: Encoder::new(&dims, vb.pp("encoder"))?,
             final_layer_norm: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
-            head: Linear::new(
-                h,
-                cfg.projection_size.unwrap_or(h),
-                true,
-                None,
-                vb.pp("head"),
-            )?,
-            max_len: cfg.max_position_embeddings,
-            pad_left: cfg.pad_left,
-            pooling: cfg.pooling,
         })
     }
+}
+
+impl TextModel {
 
     /// Token ids `(B, T)` → text embeddings `(B, P)` with the configured pooling; `pad_id`
     /// marks the padding tokens that mean pooling leaves out.
@@ -81,6 +141,9 @@ impl TextModel {
 
     /// Final-layer-normed token states `(B, T, H)`.
     fn states(&self, ids: &Tensor) -> Result<Tensor> {
+        let Some(tw) = &self.tower else {
+            candle_core::bail!("a Gemma-kind text side embeds raw texts (embed_texts), not ids");
+        };
         let (_, t) = ids.dims2()?;
         if t > self.max_len {
             candle_core::bail!(
@@ -89,12 +152,12 @@ impl TextModel {
             );
         }
         let pos = Tensor::arange(0u32, t as u32, ids.device())?;
-        let x = self
+        let x = tw
             .token_embedding
             .forward(ids)?
-            .broadcast_add(&self.position_embedding.forward(&pos)?.unsqueeze(0)?)?;
-        let x = self.encoder.forward(&x)?;
-        self.final_layer_norm.forward(&x)
+            .broadcast_add(&tw.position_embedding.forward(&pos)?.unsqueeze(0)?)?;
+        let x = tw.encoder.forward(&x)?;
+        tw.final_layer_norm.forward(&x)
     }
 
     /// Whether texts are padded on the left (see [`TextConfig::pad_left`]).

@@ -1,4 +1,5 @@
-//! SigLIP-style ViT image encoder (`vision_model.*` keys of HF `SiglipVisionModel`).
+//! The ViT image encoder under `vision_model.*`: SigLIP-style (HF `SiglipVisionModel` keys) or a
+//! DINOv2 backbone ([`super::dinov2`]), with the pooled-embedding MAP head (`vision_model.head`).
 //!
 //! Any square input size that is a multiple of the patch size works: the position-embedding grid
 //! is resized with PyTorch's bicubic kernel, as HF's `interpolate_pos_encoding` does.
@@ -6,7 +7,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::{PatchEmbedding, VisionConfig};
+use super::config::{PatchEmbedding, VisionConfig, VisionKind};
+use super::dinov2::Dinov2;
 use super::encoder::{Encoder, EncoderDims, MapBlock};
 use super::nn::{bicubic_matrix, LayerNorm, LoraSpec, W_INIT};
 
@@ -22,18 +24,88 @@ pub struct VisionOutput {
 /// `vision_model`.
 #[derive(Debug, Clone)]
 pub struct VisionModel {
+    backbone: Backbone,
+    head: Option<MapBlock>,
+    cfg: VisionConfig,
+}
+
+#[derive(Debug, Clone)]
+enum Backbone {
+    Siglip(SiglipBackbone),
+    Dinov2(Dinov2),
+}
+
+/// SigLIP's patch embedding, encoder and post-LayerNorm.
+#[derive(Debug, Clone)]
+struct SiglipBackbone {
     patch_weight: Tensor,
     patch_bias: Tensor,
     position_embedding: Tensor,
     encoder: Encoder,
     post_layernorm: LayerNorm,
-    head: Option<MapBlock>,
     cfg: VisionConfig,
 }
 
 impl VisionModel {
     /// Build under `vb` = `vision_model`.
     pub fn new(cfg: &VisionConfig, lora: Option<LoraSpec>, vb: VarBuilder) -> Result<Self> {
+        let backbone = match cfg.kind {
+            VisionKind::Siglip => Backbone::Siglip(SiglipBackbone::new(cfg, lora, vb.clone())?),
+            VisionKind::Dinov2 => Backbone::Dinov2(Dinov2::new(cfg, lora, vb.clone())?),
+        };
+        let head = if cfg.vision_use_head {
+            Some(MapBlock::new(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.num_attention_heads,
+                1,
+                cfg.layer_norm_eps,
+                vb.pp("head"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            backbone,
+            head,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Backbone tokens `(B, N, D)` without the pooled head (what a frozen encoder caches).
+    pub fn tokens(&self, pixels: &Tensor) -> Result<Tensor> {
+        match &self.backbone {
+            Backbone::Siglip(b) => b.forward(pixels),
+            Backbone::Dinov2(b) => Ok(b.forward(pixels)?.patches),
+        }
+    }
+
+    /// The pooled embedding of backbone tokens (the MAP head; the token mean without one).
+    pub fn pool(&self, tokens: &Tensor) -> Result<Tensor> {
+        match &self.head {
+            Some(h) => h.pool(tokens),
+            None => tokens.mean(1),
+        }
+    }
+
+    /// Encode images `(B, C, S, S)` normalised to [-1, 1].
+    pub fn forward(&self, pixels: &Tensor) -> Result<VisionOutput> {
+        let tokens = self.tokens(pixels)?;
+        let pooled = match &self.head {
+            Some(h) => Some(h.pool(&tokens)?),
+            None => None,
+        };
+        Ok(VisionOutput { tokens, pooled })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+}
+
+impl SiglipBackbone {
+    fn new(cfg: &VisionConfig, lora: Option<LoraSpec>, vb: VarBuilder) -> Result<Self> {
         let (c, p, d) = (cfg.num_channels, cfg.patch_size, cfg.hidden_size);
         let emb = vb.pp("embeddings");
         let pe = emb.pp("patch_embedding");
@@ -58,25 +130,12 @@ impl VisionModel {
         };
         let encoder = Encoder::new(&dims, vb.pp("encoder"))?;
         let post_layernorm = LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("post_layernorm"))?;
-        let head = if cfg.vision_use_head {
-            Some(MapBlock::new(
-                d,
-                cfg.intermediate_size,
-                cfg.num_attention_heads,
-                1,
-                cfg.layer_norm_eps,
-                vb.pp("head"),
-            )?)
-        } else {
-            None
-        };
         Ok(Self {
             patch_weight,
             patch_bias,
             position_embedding,
             encoder,
             post_layernorm,
-            head,
             cfg: cfg.clone(),
         })
     }
@@ -124,20 +183,10 @@ impl VisionModel {
         x.broadcast_add(&self.positions(gh, gw)?.unsqueeze(0)?)
     }
 
-    /// Encode images `(B, C, S, S)` normalised to [-1, 1].
-    pub fn forward(&self, pixels: &Tensor) -> Result<VisionOutput> {
+    /// Post-LayerNorm patch tokens of `(B, C, S, S)`.
+    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.embed(pixels)?;
         let x = self.encoder.forward(&x)?;
-        let tokens = self.post_layernorm.forward(&x)?;
-        let pooled = match &self.head {
-            Some(h) => Some(h.pool(&tokens)?),
-            None => None,
-        };
-        Ok(VisionOutput { tokens, pooled })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &VisionConfig {
-        &self.cfg
+        self.post_layernorm.forward(&x)
     }
 }

@@ -116,19 +116,7 @@ fn decode(path: &Path) -> Result<(String, Decoded), String> {
         invert: false,
     };
     let gray = crate::dicom::lut::render(frame, &img.info, &p).to_luma8();
-    let s = 128.0 / gray.width().max(gray.height()) as f32;
-    let t = image::imageops::thumbnail(
-        &gray,
-        ((gray.width() as f32 * s) as u32).max(1),
-        ((gray.height() as f32 * s) as u32).max(1),
-    );
-    let mut thumb = Vec::new();
-    image::DynamicImage::ImageLuma8(t)
-        .write_to(
-            &mut std::io::Cursor::new(&mut thumb),
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| e.to_string())?;
+    let thumb = super::demo::thumbnail_png(&gray)?;
     let i = &img.info;
     let ids = if img.dicom.is_some() {
         (

@@ -4,6 +4,7 @@
 //! labels, report, regions (for in-context grounding), source path, content hash and a thumbnail.
 
 pub mod hnsw;
+pub mod demo;
 pub mod index;
 #[cfg(feature = "milvus")]
 pub mod milvus;
@@ -227,7 +228,16 @@ pub fn open(spec: Option<&str>) -> Result<Box<dyn PriorStore>, StoreError> {
         Some(s) => Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
             s,
         ))?)),
-        None => Ok(Box::new(sqlite::SqliteStore::open(&default_location())?)),
+        None => {
+            let store = sqlite::SqliteStore::open(&default_location())?;
+            // first start: the user's own store gets a copy of the bundled demo cases
+            if let Some(dir) = demo::bundled_dir() {
+                if let Err(e) = demo::seed(&store, &dir) {
+                    tracing::warn!("demo cases not added to the store: {e}");
+                }
+            }
+            Ok(Box::new(store))
+        }
     }
 }
 

@@ -46,6 +46,9 @@ pub struct TrainImage {
     pub path: PathBuf,
     /// Patient id (in-context examples come from other patients).
     pub patient: Option<String>,
+    /// The image-level findings as label phrases ([`label_phrase`]; none for "No Finding"):
+    /// the positives of the label-text sigmoid loss.
+    pub label_keys: Vec<String>,
 }
 
 /// Load and letterbox every record's image (on `threads` worker threads). Images that fail to load
@@ -120,7 +123,20 @@ fn prepare_one(m: &Manifest, r: &Record, size: u32) -> Result<TrainImage, TrainE
         regions,
         path,
         patient: r.patient_id.clone(),
+        label_keys: label_keys(&r.labels),
     })
+}
+
+/// The label phrases of image-level labels ("No Finding" is the empty set), sorted, unique.
+pub fn label_keys(labels: &[String]) -> Vec<String> {
+    let mut k: Vec<String> = labels
+        .iter()
+        .filter(|l| l.as_str() != "No Finding")
+        .map(|l| label_phrase(l))
+        .collect();
+    k.sort();
+    k.dedup();
+    k
 }
 
 /// How the samples of images with regions are split between the location-aware tasks.
@@ -298,6 +314,8 @@ pub struct Sample {
     /// comes from (its index, or its feature-cache index once the trainer has mapped it) and its
     /// unsupervised turn, nearest first.
     pub shots: Vec<(usize, Turn)>,
+    /// The image's label phrases (see [`TrainImage::label_keys`]).
+    pub label_keys: Vec<String>,
 }
 
 /// Where a grounding sample's in-context examples come from.
@@ -526,6 +544,7 @@ pub fn sample_from_view(
         turn,
         kind,
         shots: examples,
+        label_keys: img.label_keys.clone(),
     }
 }
 
@@ -588,6 +607,7 @@ mod tests {
             regions: vec![region],
             path: PathBuf::from("x.png"),
             patient: None,
+            label_keys: vec!["pleural effusion".into()],
         };
         let count = |mix: &TaskMix| {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -653,6 +673,7 @@ mod tests {
                 .collect(),
             path: PathBuf::from(format!("{patient}.png")),
             patient: Some(patient.into()),
+            label_keys: Vec::new(),
         }
     }
 

@@ -209,13 +209,56 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Read a TOML file.
+    /// Read a TOML file; its relative paths are resolved as
+    /// [`crate::model::bundled::resolve_config_path`] does, so a run starts from any folder.
     pub fn from_toml(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
             what: format!("reading {}", path.display()),
             source: e,
         })?;
-        toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+        let mut cfg: Self = toml::from_str(&text)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        cfg.resolve_paths(Some(path));
+        Ok(cfg)
+    }
+
+    /// Resolve the config's relative paths (see [`Self::from_toml`]).
+    pub fn resolve_paths(&mut self, config_file: Option<&Path>) {
+        use crate::model::bundled::resolve_config_path;
+        for p in [
+            &mut self.init,
+            &mut self.init_siglip,
+            &mut self.init_gemma,
+            &mut self.tokenizer,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = resolve_config_path(p, config_file);
+        }
+    }
+
+    /// Fine-tuning an existing model `init` on new data (what `finetune --data M --out D` does
+    /// without `--config`): its encoder frozen with cached features, a grounding-heavy task mix,
+    /// 300 steps at a low learning rate.
+    pub fn fine_tuning(init: PathBuf) -> Self {
+        Self {
+            init: Some(init),
+            freeze: Freeze::Encoder,
+            steps: 300,
+            lr: 2e-4,
+            warmup: 20,
+            lambda: 5.0,
+            save_every: 100,
+            keep_last: 2,
+            val_every: 300,
+            mix: TaskMix {
+                grounding: 0.8,
+                full_phrase: 0.5,
+                ..TaskMix::default()
+            },
+            ..Self::default()
+        }
     }
 
     fn check(&self) -> Result<(), TrainError> {
@@ -284,11 +327,45 @@ fn mean_off_diagonal_cosine(e: &Tensor) -> Result<f64, TrainError> {
     Ok((sum - b as f64) / (b * (b - 1)) as f64)
 }
 
-/// Cached encoder features of one image (frozen-encoder training).
+/// Cached encoder features of one image (frozen-encoder training): the backbone's tokens; the
+/// pooled embedding is computed from them by the (trained) MAP head in each step.
 #[derive(Debug, Clone)]
 struct Features {
     tokens: Tensor,
-    pooled: Tensor,
+}
+
+/// The label texts of a locked-text (Gemma-kind) model with their frozen Gemma features: every
+/// image of a batch is scored against every text, and a text is a positive for the images that
+/// carry its finding (multi-label sigmoid loss).
+#[derive(Debug, Clone)]
+pub struct TextBank {
+    /// The texts (label phrases and their synonyms, and "no finding").
+    pub texts: Vec<String>,
+    /// The label phrase each text stands for; empty for "no finding".
+    pub keys: Vec<String>,
+    /// Frozen features `(T, H)`.
+    pub features: Tensor,
+}
+
+impl TextBank {
+    /// Sigmoid targets `(B, T)`: +1 where sample i carries text j's finding, −1 elsewhere.
+    pub fn targets(&self, samples: &[Sample], device: &Device) -> Result<Tensor, TrainError> {
+        let t = self.keys.len();
+        let mut z = vec![-1f32; samples.len() * t];
+        for (i, s) in samples.iter().enumerate() {
+            for (j, k) in self.keys.iter().enumerate() {
+                let pos = if k.is_empty() {
+                    s.label_keys.is_empty()
+                } else {
+                    s.label_keys.contains(k)
+                };
+                if pos {
+                    z[i * t + j] = 1.0;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(z, (samples.len(), t), device)?)
+    }
 }
 
 /// Everything a training step needs.
@@ -306,6 +383,8 @@ pub struct Trainer {
     /// Device.
     pub device: Device,
     cache: Option<Vec<Features>>,
+    /// Label texts and their frozen features (Gemma-kind text side), see [`Trainer::build_text_bank`].
+    pub text_bank: Option<TextBank>,
 }
 
 /// The model config and tokenizer a run starts from, and where initial weights come from.
@@ -324,13 +403,26 @@ pub fn resolve_model(
         let files = crate::model::load::ModelFiles::locate(dir)?;
         let mc = Config::from_file(&files.config)?;
         let tok = LofiTokenizer::from_file(&files.tokenizer, &mc.tokens)?;
-        let st = crate::model::load::mmap(&files.weights)?;
+        let st = crate::model::load::mmap(&files.weights_for(&mc)?)?;
         return Ok((mc, tok, Some(Box::new(st))));
     }
     let preset: Preset = cfg.preset.parse()?;
     let mut mc = Config::preset(preset);
     if let Some(s) = cfg.image_size {
         mc.image_size = s;
+    }
+    if let Some(b) = &mc.vision.base {
+        // a pretrained backbone from the base folder; everything else starts fresh
+        let st = crate::model::load::mmap(&[crate::model::base::base_file(b)?])?;
+        let tok_path = cfg.tokenizer.clone().ok_or_else(|| {
+            TrainError::Config("a new decoder needs `tokenizer` (path to tokenizer.json)".into())
+        })?;
+        let tok = LofiTokenizer::from_file(&tok_path, &mc.tokens)?;
+        if cfg.freeze == Freeze::Lora {
+            mc.lora = Some(LoraConfig::default());
+        }
+        mc.validate()?;
+        return Ok((mc, tok, Some(Box::new(st))));
     }
     let hf = cfg.init_siglip.is_some() || cfg.init_gemma.is_some();
     let source: Option<Box<dyn candle_nn::var_builder::SimpleBackend>> = if hf {
@@ -382,7 +474,10 @@ fn trainable_fn(freeze: Freeze, freeze_text: bool) -> TrainableFn {
 fn trainable_fn_inner(freeze: Freeze) -> TrainableFn {
     match freeze {
         Freeze::Full => Arc::new(|_| true),
-        Freeze::Encoder => Arc::new(|n: &str| !n.starts_with("vision_model.")),
+        // the pooled-embedding head sits on the frozen tokens and trains
+        Freeze::Encoder => Arc::new(|n: &str| {
+            !n.starts_with("vision_model.") || n.starts_with("vision_model.head.")
+        }),
         Freeze::Lora => Arc::new(|n: &str| {
             n.contains("lora_")
                 || n.contains(".head.")
@@ -419,7 +514,41 @@ impl Trainer {
             cfg,
             device,
             cache: None,
+            text_bank: None,
         })
+    }
+
+    /// For a Gemma-kind text side: the label texts of `images` (each finding's label phrase, the
+    /// synonyms of its regions, and "no finding") with their frozen Gemma features, computed once.
+    pub fn build_text_bank(&mut self, images: &[TrainImage]) -> Result<(), TrainError> {
+        if self.model_cfg.text.kind != crate::model::config::TextKind::Gemma {
+            return Ok(());
+        }
+        let mut pairs: std::collections::BTreeSet<(String, String)> = Default::default();
+        pairs.insert((String::new(), "no finding".into()));
+        for img in images {
+            for k in &img.label_keys {
+                pairs.insert((k.clone(), k.clone()));
+            }
+            for r in &img.regions {
+                let key = crate::manifest::label_phrase(&r.finding);
+                pairs.insert((key.clone(), r.phrase_basic.clone()));
+                for syn in &r.synonyms {
+                    pairs.insert((key.clone(), syn.clone()));
+                }
+            }
+        }
+        let (keys, texts): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
+        let gemma = crate::model::gemma_text::GemmaText::load_base(&self.device, DType::F32)?;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let features = gemma.features(&refs)?;
+        tracing::info!("text bank: {} texts of {} findings", texts.len(), keys.iter().collect::<std::collections::BTreeSet<_>>().len());
+        self.text_bank = Some(TextBank {
+            texts,
+            keys,
+            features,
+        });
+        Ok(())
     }
 
     /// Compute and keep the frozen encoder's features of `images` (frozen-encoder mode).
@@ -437,15 +566,10 @@ impl Trainer {
         let mut out = Vec::with_capacity(pixels.len());
         for chunk in pixels.chunks(16) {
             let t = self.pixels_tensor(chunk)?;
-            let o = self.model.encode_images(&t)?;
-            let pooled = match o.pooled {
-                Some(p) => p,
-                None => o.tokens.mean(1)?,
-            };
+            let tokens = self.model.vision.tokens(&t)?;
             for i in 0..chunk.len() {
                 out.push(Features {
-                    tokens: o.tokens.get(i)?.detach(),
-                    pooled: pooled.get(i)?.detach(),
+                    tokens: tokens.get(i)?.detach(),
                 });
             }
         }
@@ -473,8 +597,9 @@ impl Trainer {
         let (tokens, pooled) = match (&self.cache, cached) {
             (Some(cache), Some(image_idx)) => {
                 let t: Vec<Tensor> = image_idx.iter().map(|&i| cache[i].tokens.clone()).collect();
-                let p: Vec<Tensor> = image_idx.iter().map(|&i| cache[i].pooled.clone()).collect();
-                (Tensor::stack(&t, 0)?, Tensor::stack(&p, 0)?)
+                let t = Tensor::stack(&t, 0)?;
+                let p = self.model.vision.pool(&t)?;
+                (t, p)
             }
             _ => {
                 let px: Vec<Vec<f32>> = samples.iter().map(|s| s.pixels.clone()).collect();
@@ -487,29 +612,8 @@ impl Trainer {
             }
         };
         // sigmoid loss
-        let len = self.model.text.max_len();
-        let mut ids = Vec::with_capacity(b * len);
-        for s in samples {
-            ids.extend(
-                self.tokenizer
-                    .encode_fixed(&s.text, len, self.model.text.pad_left())?,
-            );
-        }
-        let ids = Tensor::from_vec(ids, (b, len), &self.device)?;
-        let txt = l2_normalize(&self.model.text.embed(&ids, self.tokenizer.pad)?)?;
+        let (txt, sig) = self.sigmoid_part(samples, &pooled)?;
         let img = l2_normalize(&pooled)?;
-        let z = loss::pair_targets(
-            &samples.iter().map(|s| s.text.as_str()).collect::<Vec<_>>(),
-            self.cfg.sigmoid_positives == SigmoidPositives::SameText,
-            &self.device,
-        )?;
-        let sig = loss::sigmoid_loss_targets(
-            &img,
-            &txt,
-            &self.model.logit_scale,
-            &self.model.logit_bias,
-            &z.to_dtype(img.dtype())?,
-        )?;
         // decoder losses
         let m = self.model_cfg.projector.num_tokens;
         let prefix = self.model.projector.forward(&tokens)?;
@@ -627,6 +731,52 @@ impl Trainer {
             txt_sim: mean_off_diagonal_cosine(&txt)?,
         };
         Ok((total, parts))
+    }
+
+    /// The sigmoid loss of a batch and the normalised text embeddings it used: against the
+    /// label-text bank for a Gemma-kind text side, else against each sample's own text.
+    fn sigmoid_part(&self, samples: &[Sample], pooled: &Tensor) -> Result<(Tensor, Tensor), TrainError> {
+        let b = samples.len();
+        let img = l2_normalize(pooled)?;
+        if self.model_cfg.text.kind == crate::model::config::TextKind::Gemma {
+            let bank = self.text_bank.as_ref().ok_or_else(|| {
+                TrainError::Data("a Gemma-kind text side needs the text bank (build_text_bank)".into())
+            })?;
+            let f = bank.features.to_dtype(img.dtype())?;
+            let txt = l2_normalize(&self.model.text.head_forward(&f)?)?;
+            let z = bank.targets(samples, &self.device)?.to_dtype(img.dtype())?;
+            let sig = loss::sigmoid_loss_targets(
+                &img,
+                &txt,
+                &self.model.logit_scale,
+                &self.model.logit_bias,
+                &z,
+            )?;
+            return Ok((txt, sig));
+        }
+        let len = self.model.text.max_len();
+        let mut ids = Vec::with_capacity(b * len);
+        for s in samples {
+            ids.extend(
+                self.tokenizer
+                    .encode_fixed(&s.text, len, self.model.text.pad_left())?,
+            );
+        }
+        let ids = Tensor::from_vec(ids, (b, len), &self.device)?;
+        let txt = l2_normalize(&self.model.text.embed(&ids, self.tokenizer.pad)?)?;
+        let z = loss::pair_targets(
+            &samples.iter().map(|s| s.text.as_str()).collect::<Vec<_>>(),
+            self.cfg.sigmoid_positives == SigmoidPositives::SameText,
+            &self.device,
+        )?;
+        let sig = loss::sigmoid_loss_targets(
+            &img,
+            &txt,
+            &self.model.logit_scale,
+            &self.model.logit_bias,
+            &z.to_dtype(img.dtype())?,
+        )?;
+        Ok((txt, sig))
     }
 
     /// Decoder input embeddings of a batch in which some samples carry solved examples: each
@@ -844,16 +994,15 @@ pub fn export_model(tr: &Trainer, dir: &Path, card: Option<&str>) -> Result<(), 
             tensors.remove(&b_name);
         }
     }
-    let bytes = safetensors::serialize(
-        tensors
-            .iter()
-            .map(|(k, v)| (k.clone(), v))
-            .collect::<Vec<_>>(),
-        None,
-    )
-    .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    crate::util::atomic_write(&dir.join("model.safetensors"), &bytes)
-        .map_err(io(format!("writing {}", dir.display())))?;
+    if let Some(b) = &cfg.vision.base {
+        // the frozen pretrained backbone stays in the base folder; only what trained is ours
+        let base = crate::model::load::mmap(&[crate::model::base::base_file(b)?])?;
+        let trainable: std::collections::BTreeSet<String> =
+            tr.store.trainable().into_iter().map(|(n, _)| n).collect();
+        tensors.retain(|k, _| trainable.contains(k) || base.get(k).is_err());
+    }
+    let tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    crate::model::save_safetensors(&tensors, &dir.join("model.safetensors"))?;
     let json = serde_json::to_string_pretty(&cfg).map_err(|e| TrainError::Config(e.to_string()))?;
     crate::util::atomic_write(&dir.join("config.json"), json.as_bytes())
         .map_err(io("writing config.json".into()))?;
@@ -920,6 +1069,7 @@ pub fn finetune(
             "the training manifest has no images".into(),
         ));
     }
+    tr.build_text_bank(&train_imgs)?;
     // frozen encoder: features cached for `cache_views` views per image, with the boxes of each
     // view (cache index k · views + v)
     let views = if cfg.freeze == Freeze::Encoder {
@@ -962,7 +1112,8 @@ pub fn finetune(
                     .ok_or_else(|| {
                         TrainError::Data("in-context examples need the feature cache".into())
                     })?;
-                Ok(f.pooled.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+                let pooled = tr.model.vision.pool(&f.tokens.unsqueeze(0)?)?.squeeze(0)?;
+                Ok(pooled.to_dtype(DType::F32)?.to_vec1::<f32>()?)
             })
             .collect::<Result<Vec<Vec<f32>>, TrainError>>()?;
         data::nearest_by_finding(&train_imgs, &pooled, 4 * cfg.mix.max_shots.max(1))

@@ -5,6 +5,7 @@ mod common;
 mod dicom;
 mod malformed;
 mod model;
+mod pretrained;
 mod report;
 mod store;
 mod train;

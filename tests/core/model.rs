@@ -32,6 +32,7 @@ fn randomized(build: impl Fn(VarBuilder) -> candle_core::Result<()>) -> HashMap<
 
 fn vision_cfg() -> VisionConfig {
     VisionConfig {
+        kind: Default::default(),
         hidden_size: 48,
         intermediate_size: 96,
         num_hidden_layers: 2,
@@ -41,6 +42,7 @@ fn vision_cfg() -> VisionConfig {
         patch_size: 16,
         layer_norm_eps: 1e-6,
         patch_embedding: Default::default(),
+        base: None,
         vision_use_head: true,
     }
 }
@@ -100,6 +102,7 @@ fn vision_tower_runs_at_other_sizes() {
 #[test]
 fn text_tower_matches_stock_siglip() {
     let cfg = TextConfig {
+        kind: Default::default(),
         vocab_size: 100,
         hidden_size: 32,
         intermediate_size: 64,
@@ -142,6 +145,7 @@ fn text_tower_matches_stock_siglip() {
 
 fn decoder_cfg() -> DecoderConfig {
     DecoderConfig {
+        hidden_activation: Default::default(),
         vocab_size: 120,
         hidden_size: 64,
         intermediate_size: 96,

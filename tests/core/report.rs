@@ -13,6 +13,9 @@ fn results() -> AiResults {
         sop_uid: "x".into(),
         findings: vec![
             AiFinding {
+                shots_requested: 0,
+                presence: None,
+                present: true,
                 phrase: "cardiomegaly".into(),
                 boxes: vec![AiBox {
                     x1: 277.0,
@@ -26,6 +29,9 @@ fn results() -> AiResults {
                 shots: 0,
             },
             AiFinding {
+                shots_requested: 0,
+                presence: None,
+                present: true,
                 phrase: "left pleural effusion".into(),
                 boxes: vec![
                     AiBox {

@@ -362,6 +362,7 @@ fn in_context_batches_equal_their_samples_alone() {
         turn: ground(k, true),
         kind: TaskKind::Location,
         shots: shots.iter().map(|&n| (n, ground(n, false))).collect(),
+        label_keys: imgs[k].label_keys.clone(),
     };
     let loc = |s: &[Sample], idx: &[usize]| tr.batch_loss(s, Some(idx)).unwrap().1.loc;
     let rows = |s: &Sample| {
