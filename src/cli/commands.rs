@@ -103,6 +103,60 @@ pub fn progress_bar(what: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// Terminal bars for a training run's progress reports: one bar per stage, replaced when the
+/// stage changes.
+fn training_bars() -> crate::train::ProgressSink {
+    use crate::train::Progress;
+    let current: std::sync::Mutex<Option<(&'static str, indicatif::ProgressBar)>> =
+        std::sync::Mutex::new(None);
+    crate::train::ProgressSink::new(move |p| {
+        let Ok(mut cur) = current.lock() else { return };
+        match p {
+            Progress::Stage {
+                name,
+                done,
+                total,
+                message,
+            } => {
+                if cur.as_ref().is_none_or(|(n, _)| n != name) {
+                    if let Some((_, old)) = cur.take() {
+                        old.finish_and_clear();
+                    }
+                    let pb = indicatif::ProgressBar::new(*total as u64);
+                    pb.set_style(
+                        indicatif::ProgressStyle::with_template(&format!(
+                            "{name} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {{msg}} (ETA {{eta}})"
+                        ))
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    *cur = Some((name, pb));
+                }
+                if let Some((_, pb)) = cur.as_ref() {
+                    pb.set_length(*total as u64);
+                    pb.set_position(*done as u64);
+                    if !message.is_empty() {
+                        pb.set_message(message.clone());
+                    }
+                }
+            }
+            Progress::Finished(name) => {
+                if cur.as_ref().is_some_and(|(n, _)| n == name) {
+                    if let Some((_, pb)) = cur.take() {
+                        pb.finish_and_clear();
+                    }
+                }
+            }
+            Progress::Abandoned(name, why) => {
+                if cur.as_ref().is_some_and(|(n, _)| n == name) {
+                    if let Some((_, pb)) = cur.take() {
+                        pb.abandon_with_message(why.clone());
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Run a headless command.
 pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
     match cmd {
@@ -215,7 +269,11 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 if icl.len() < *shots {
                     out["shots_note"] = json!(format!(
                         "only {} of {} in-context examples found in the store {}",
-                        icl.len(), shots, open_store(cli, &m).map(|s| s.describe()).unwrap_or_default()
+                        icl.len(),
+                        shots,
+                        open_store(cli, &m)
+                            .map(|s| s.describe())
+                            .unwrap_or_default()
                     ));
                 }
             }
@@ -468,8 +526,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
         Command::ImportBase { onnx, gguf, out } => {
             use crate::model::base;
             let out = out.clone().unwrap_or_else(base::base_dir);
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("creating {}", out.display()))?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let mut res = serde_json::Map::new();
             if let Some(onnx) = onnx {
                 let dst = out.join(base::DINOV2_SMALL);
@@ -500,14 +557,9 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             let man = Manifest::read(data)?;
             let pb = progress_bar("demo priors");
             pb.set_length(man.records.len() as u64);
-            let n = crate::store::demo::build(
-                &m,
-                &man,
-                out,
-                &|d, _| pb.set_position(d as u64),
-                cancel,
-            )
-            .with_context(|| format!("building the demo store in {}", out.display()))?;
+            let n =
+                crate::store::demo::build(&m, &man, out, &|d, _| pb.set_position(d as u64), cancel)
+                    .with_context(|| format!("building the demo store in {}", out.display()))?;
             pb.finish_and_clear();
             Ok(json!({"records": n, "out": out, "model": m.model_id()}))
         }
@@ -587,9 +639,9 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 },
                 None if starts_elsewhere => TrainConfig::default(),
                 // fine-tuning the current model, from any working directory
-                None => TrainConfig::fine_tuning(
-                    cli.model.clone().unwrap_or_else(default_model_dir),
-                ),
+                None => {
+                    TrainConfig::fine_tuning(cli.model.clone().unwrap_or_else(default_model_dir))
+                }
             };
             if *from_scratch {
                 cfg.init = None;
@@ -635,7 +687,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             let opts = RunOptions {
                 out: out.clone(),
                 resume: *resume,
-                progress: true,
+                progress: training_bars(),
                 cancel: cancel.clone(),
                 stop_after: *stop_after,
             };

@@ -497,7 +497,9 @@ pub fn calibrate_presence(
             best = (tpr - fpr, s, tpr, fpr);
         }
     }
-    Ok(json!({"threshold": best.1, "youden_j": best.0, "tpr": best.2, "fpr": best.3,
+    Ok(
+        json!({"threshold": best.1, "youden_j": best.0, "tpr": best.2, "fpr": best.3,
               "pairs": pairs.len(), "positives": n_pos, "findings": findings.len(),
-              "model": lofi.model_id()}))
+              "model": lofi.model_id()}),
+    )
 }

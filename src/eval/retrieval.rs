@@ -145,7 +145,9 @@ pub fn chance_levels(
     };
     let (mut sr, mut sn) = (0.0, 0);
     for i in 0..n {
-        let m = (0..n).filter(|&j| j != i && patients[j] == patients[i]).count();
+        let m = (0..n)
+            .filter(|&j| j != i && patients[j] == patients[i])
+            .count();
         if m > 0 {
             sr += 1.0 - miss(m);
             sn += 1;
@@ -221,12 +223,21 @@ mod tests {
 
     #[test]
     fn auroc_by_hand() {
-        assert_eq!(auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
-        assert_eq!(auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
+        assert_eq!(
+            auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
+        assert_eq!(
+            auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
+            Some(0.0)
+        );
         // one positive tied with one negative: half a pair
         assert_eq!(auroc(&[0.5, 0.5], &[true, false]), Some(0.5));
         // positives 0.4, 0.8 against negatives 0.3, 0.6: 3 of 4 pairs ordered
-        assert_eq!(auroc(&[0.4, 0.8, 0.3, 0.6], &[true, true, false, false]), Some(0.75));
+        assert_eq!(
+            auroc(&[0.4, 0.8, 0.3, 0.6], &[true, true, false, false]),
+            Some(0.75)
+        );
         assert_eq!(auroc(&[0.4], &[true]), None);
     }
 }

@@ -250,7 +250,11 @@ pub struct Dinov2Shape {
 }
 
 /// Import the ONNX backbone into a safetensors file (`dtype`), crash-safely; returns its shape.
-pub fn import_dinov2_onnx(onnx: &Path, out: &Path, dtype: DType) -> Result<Dinov2Shape, ModelError> {
+pub fn import_dinov2_onnx(
+    onnx: &Path,
+    out: &Path,
+    dtype: DType,
+) -> Result<Dinov2Shape, ModelError> {
     let (tensors, shape) = dinov2_from_onnx(onnx)?;
     let tensors = tensors
         .into_iter()
@@ -390,7 +394,10 @@ pub fn gemma_weights_from_gguf(
         };
         let t = read_dequantised(&ct, &mut f, name)?;
         let t = if is_norm { (t - 1.0)? } else { t };
-        out.insert(format!("{prefix}{key}"), t.to_dtype(dtype)?.to_device(device)?);
+        out.insert(
+            format!("{prefix}{key}"),
+            t.to_dtype(dtype)?.to_device(device)?,
+        );
     }
     Ok((cfg, out))
 }
@@ -443,7 +450,13 @@ pub fn gemma_tokenizer_from_gguf(path: &Path) -> Result<tokenizers::Tokenizer, M
         for &(at, _) in chars.iter().skip(1) {
             let (l, r) = piece.split_at(at);
             if let (Some(&il), Some(&ir)) = (vocab.get(l), vocab.get(r)) {
-                merges.push((scores.get(i).copied().unwrap_or(0.0), il, ir, l.into(), r.into()));
+                merges.push((
+                    scores.get(i).copied().unwrap_or(0.0),
+                    il,
+                    ir,
+                    l.into(),
+                    r.into(),
+                ));
             }
         }
     }
@@ -533,10 +546,16 @@ mod tests {
             data_type: ONNX_FLOAT,
             float_data: vec![],
             name: "w".into(),
-            raw_data: [1f32, 2., 3., 4.].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            raw_data: [1f32, 2., 3., 4.]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
         };
         let t = raw.to_tensor().unwrap();
-        assert_eq!(t.to_vec2::<f32>().unwrap(), vec![vec![1., 2.], vec![3., 4.]]);
+        assert_eq!(
+            t.to_vec2::<f32>().unwrap(),
+            vec![vec![1., 2.], vec![3., 4.]]
+        );
         let bad = TensorProto {
             raw_data: vec![0; 7],
             ..raw.clone()

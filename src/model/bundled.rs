@@ -34,7 +34,9 @@ pub fn default_model_dir() -> PathBuf {
 
 /// The bundled WordPiece tokenizer (used by random-weight benchmark models).
 pub fn default_tokenizer() -> PathBuf {
-    bundled_path(Path::new("assets/tokenizer/all-MiniLM-L6-v2/tokenizer.json"))
+    bundled_path(Path::new(
+        "assets/tokenizer/all-MiniLM-L6-v2/tokenizer.json",
+    ))
 }
 
 /// A path from a training config: as written when it exists from the working directory, else

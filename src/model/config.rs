@@ -355,7 +355,7 @@ pub enum Preset {
     Base,
     /// Trained from scratch, small enough for a 2-core CPU (the earlier bundled default).
     Tiny,
-    /// Pretrained DINOv2-small vision tower (448 px) and frozen Gemma 3 270M text features from
+    /// Pretrained DINOv2-small vision tower (224 px) and frozen Gemma 3 270M text features from
     /// the base folder, with a small decoder: the bundled default.
     Dino,
 }
@@ -570,7 +570,7 @@ impl Config {
                 Self {
                     name: "lofi-dino".into(),
                     version: "1".into(),
-                    image_size: 448,
+                    image_size: 224,
                     vision: VisionConfig {
                         kind: VisionKind::Dinov2,
                         hidden_size: 384,
@@ -600,7 +600,7 @@ impl Config {
                     },
                     projector: ProjectorConfig {
                         num_tokens: 64,
-                        pool: 2,
+                        pool: 1,
                         num_heads: 6,
                         mlp_hidden: 384,
                         layout: ProjectorLayout::SingleBlock,

@@ -57,11 +57,15 @@ impl Layer {
                 heads: cfg.num_attention_heads,
                 scale: ((d / cfg.num_attention_heads) as f64).powf(-0.5),
             },
-            layer_scale1: vb.pp("layer_scale1").get_with_hints(d, "lambda1", scale_init)?,
+            layer_scale1: vb
+                .pp("layer_scale1")
+                .get_with_hints(d, "lambda1", scale_init)?,
             norm2: LayerNorm::new(d, eps, vb.pp("norm2"))?,
             mlp: Mlp::new(d, cfg.intermediate_size, lora, vb.pp("mlp"))?
                 .with_activation(Activation::GeluErf),
-            layer_scale2: vb.pp("layer_scale2").get_with_hints(d, "lambda1", scale_init)?,
+            layer_scale2: vb
+                .pp("layer_scale2")
+                .get_with_hints(d, "lambda1", scale_init)?,
         })
     }
 
@@ -119,7 +123,11 @@ impl Dinov2 {
             patch_weight,
             patch_bias,
             cls_token: emb.get_with_hints((1, 1, d), "cls_token", W_INIT)?,
-            position_embeddings: emb.get_with_hints((1, 1 + g * g, d), "position_embeddings", W_INIT)?,
+            position_embeddings: emb.get_with_hints(
+                (1, 1 + g * g, d),
+                "position_embeddings",
+                W_INIT,
+            )?,
             layers,
             layernorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layernorm"))?,
             cfg: cfg.clone(),

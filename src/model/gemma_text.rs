@@ -41,7 +41,12 @@ impl GemmaText {
     }
 
     /// Load a Gemma 3 GGUF and a tokenizer file.
-    pub fn load(gguf: &Path, tokenizer: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+    pub fn load(
+        gguf: &Path,
+        tokenizer: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
         let (cfg, w) = base::gemma_weights_from_gguf(gguf, "model.", dtype, device)?;
         let vb = VarBuilder::from_tensors(w, dtype, device);
         let decoder = Decoder::new(&cfg, None, vb)?;
@@ -75,7 +80,9 @@ impl GemmaText {
             ids.extend(enc.get_ids().iter().take(MAX_TEXT_TOKENS));
             let n = ids.len();
             let x = Tensor::from_vec(ids, (1, n), &self.device)?;
-            let h = self.decoder.forward_embeds(&self.decoder.embed(&x)?, None)?;
+            let h = self
+                .decoder
+                .forward_embeds(&self.decoder.embed(&x)?, None)?;
             let row = if n > 1 {
                 h.narrow(1, 1, n - 1)?.mean(1)?
             } else {
@@ -84,7 +91,11 @@ impl GemmaText {
             rows.push(row.to_dtype(DType::F32)?);
         }
         if rows.is_empty() {
-            return Ok(Tensor::zeros((0, self.hidden_size()), DType::F32, &self.device)?);
+            return Ok(Tensor::zeros(
+                (0, self.hidden_size()),
+                DType::F32,
+                &self.device,
+            )?);
         }
         Ok(Tensor::cat(&rows, 0)?)
     }

@@ -516,12 +516,8 @@ pub fn convert_model_dir(
         };
         out.push((name, t));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    let bytes = safetensors::serialize(out.iter().map(|(k, v)| (k.clone(), v)), None)
-        .map_err(|e| ModelError::Weights(e.to_string()))?;
     std::fs::create_dir_all(dst).map_err(io(format!("creating {}", dst.display())))?;
-    crate::util::atomic_write(&dst.join("model.safetensors"), &bytes)
-        .map_err(io("writing model.safetensors".into()))?;
+    super::save_safetensors(&out, &dst.join("model.safetensors"))?;
     for f in ["config.json", "tokenizer.json"] {
         let b = std::fs::read(src.join(f)).map_err(io(format!("reading {f}")))?;
         crate::util::atomic_write(&dst.join(f), &b).map_err(io(format!("writing {f}")))?;
@@ -541,12 +537,6 @@ pub fn write_embedding_center(dir: &Path, center: &[f32]) -> Result<(), ModelErr
         super::tasks::EMBEDDING_CENTER.to_string(),
         Tensor::from_slice(center, center.len(), &Device::Cpu)?,
     );
-    let mut v: Vec<(String, Tensor)> = tensors.into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    let bytes = safetensors::serialize(v.iter().map(|(k, t)| (k.clone(), t)), None)
-        .map_err(|e| ModelError::Weights(e.to_string()))?;
-    crate::util::atomic_write(&path, &bytes).map_err(|source| ModelError::Io {
-        what: format!("writing {}", path.display()),
-        source,
-    })
+    let v: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    super::save_safetensors(&v, &path)
 }

@@ -178,7 +178,10 @@ impl LofiModel {
 
 /// Serialise named tensors (sorted by name) as safetensors and write them crash-safely (temp,
 /// fsync, rename). The one writer of weight files.
-pub fn save_safetensors(tensors: &[(String, Tensor)], path: &std::path::Path) -> Result<(), ModelError> {
+pub fn save_safetensors(
+    tensors: &[(String, Tensor)],
+    path: &std::path::Path,
+) -> Result<(), ModelError> {
     let mut v: Vec<&(String, Tensor)> = tensors.iter().collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     let bytes = safetensors::serialize(v.iter().map(|(k, t)| (k.clone(), t)), None)
@@ -187,6 +190,41 @@ pub fn save_safetensors(tensors: &[(String, Tensor)], path: &std::path::Path) ->
         what: format!("writing {}", path.display()),
         source,
     })
+}
+
+/// Fold every LoRA adapter into its base weight: `W + (α / r) · B A` (decoder adapters use the
+/// decoder's rank and alpha, the others the encoder's), and drop the adapter tensors.
+pub fn merge_lora(
+    tensors: &mut std::collections::BTreeMap<String, Tensor>,
+    l: &LoraConfig,
+) -> Result<(), ModelError> {
+    let names: Vec<String> = tensors
+        .keys()
+        .filter(|k| k.ends_with(".lora_A.weight"))
+        .cloned()
+        .collect();
+    for a_name in names {
+        let prefix = a_name.trim_end_matches(".lora_A.weight").to_string();
+        let b_name = format!("{prefix}.lora_B.weight");
+        let w_name = format!("{prefix}.weight");
+        let (rank, alpha) = if prefix.starts_with("decoder.") {
+            (l.decoder_rank, l.decoder_alpha)
+        } else {
+            (l.encoder_rank, l.encoder_alpha)
+        };
+        let (Some(a), Some(b), Some(w)) = (
+            tensors.get(&a_name),
+            tensors.get(&b_name),
+            tensors.get(&w_name),
+        ) else {
+            continue;
+        };
+        let merged = (w + (b.matmul(a)? * (alpha / rank.max(1) as f64))?)?;
+        tensors.insert(w_name, merged);
+        tensors.remove(&a_name);
+        tensors.remove(&b_name);
+    }
+    Ok(())
 }
 
 /// L2-normalise the last dimension.

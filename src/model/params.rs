@@ -125,6 +125,21 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Overwrite the named tensors (each must exist, same shape) and leave the others alone.
+    pub fn set(&self, values: &BTreeMap<String, Tensor>) -> Result<()> {
+        let vars = self.lock();
+        for (k, t) in values {
+            let Some(v) = vars.get(k) else {
+                candle_core::bail!("no parameter {k}");
+            };
+            if t.shape() != v.shape() {
+                candle_core::bail!("tensor {k}: shape {:?}, parameter {:?}", t.dims(), v.dims());
+            }
+            v.set(&t.to_dtype(v.dtype())?.to_device(v.device())?.detach())?;
+        }
+        Ok(())
+    }
+
     /// Total number of scalar parameters, and of trainable ones.
     pub fn counts(&self) -> (usize, usize) {
         let vars = self.lock();

@@ -353,9 +353,17 @@ impl Lofi {
     /// The sigmoid loss's temperature t = exp(t′) and bias b.
     pub fn sigmoid_params(&self) -> Result<(f32, f32), ModelError> {
         let first = |t: &Tensor| -> Result<f32, ModelError> {
-            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0))
+            Ok(t.to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .first()
+                .copied()
+                .unwrap_or(0.0))
         };
-        Ok((first(&self.model.logit_scale)?.exp(), first(&self.model.logit_bias)?))
+        Ok((
+            first(&self.model.logit_scale)?.exp(),
+            first(&self.model.logit_bias)?,
+        ))
     }
 
     /// Grounding that first asks whether the finding is there: the presence score, and the

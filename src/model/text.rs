@@ -12,11 +12,15 @@ use super::encoder::{Encoder, EncoderDims};
 use super::gemma_text::GemmaText;
 use super::nn::{Embedding, LayerNorm, Linear, LoraSpec};
 
+/// Name (under `text_model.`) of the fixed centre of a Gemma-kind model's text features.
+pub const FEATURE_CENTER: &str = "feature_center";
+
 /// `text_model`.
 #[derive(Debug, Clone)]
 pub struct TextModel {
     tower: Option<SiglipTower>,
     gemma: Option<Arc<GemmaText>>,
+    feature_center: Option<Tensor>,
     head: Linear,
     kind: TextKind,
     max_len: usize,
@@ -44,6 +48,14 @@ impl TextModel {
             None,
             vb.pp("head"),
         )?;
+        // Gemma's mean-pooled states of different texts share most of their direction; the head
+        // reads them relative to the mean over the training texts (a fixed buffer)
+        let feature_center = match cfg.kind {
+            TextKind::Gemma => {
+                Some(vb.get_with_hints(h, FEATURE_CENTER, candle_nn::Init::Const(0.0))?)
+            }
+            TextKind::Siglip => None,
+        };
         let tower = match cfg.kind {
             TextKind::Siglip => Some(SiglipTower::new(cfg, lora, vb)?),
             TextKind::Gemma => None,
@@ -51,6 +63,7 @@ impl TextModel {
         Ok(Self {
             tower,
             gemma: None,
+            feature_center,
             head,
             kind: cfg.kind,
             max_len: cfg.max_position_embeddings,
@@ -74,18 +87,26 @@ impl TextModel {
         self.gemma.as_ref()
     }
 
-    /// The trained head on precomputed features `(N, H)` → `(N, P)`.
+    /// The trained head on precomputed features `(N, H)` → `(N, P)` (relative to the feature
+    /// centre of a Gemma-kind model).
     pub fn head_forward(&self, features: &Tensor) -> Result<Tensor> {
-        self.head.forward(features)
+        match &self.feature_center {
+            Some(c) => self
+                .head
+                .forward(&features.broadcast_sub(&c.to_dtype(features.dtype())?)?),
+            None => self.head.forward(features),
+        }
     }
 
     /// Text embeddings `(N, P)` of raw texts through frozen Gemma + head (Gemma kind only).
     pub fn embed_texts(&self, texts: &[&str]) -> std::result::Result<Tensor, super::ModelError> {
         let g = self.gemma.as_ref().ok_or_else(|| {
-            super::ModelError::Config("this model's text side needs Gemma, which is not loaded".into())
+            super::ModelError::Config(
+                "this model's text side needs Gemma, which is not loaded".into(),
+            )
         })?;
         let f = g.features(texts)?.to_dtype(self.head.weight().dtype())?;
-        Ok(self.head.forward(&f)?)
+        Ok(self.head_forward(&f)?)
     }
 }
 
@@ -115,7 +136,6 @@ impl SiglipTower {
 }
 
 impl TextModel {
-
     /// Token ids `(B, T)` → text embeddings `(B, P)` with the configured pooling; `pad_id`
     /// marks the padding tokens that mean pooling leaves out.
     pub fn embed(&self, ids: &Tensor, pad_id: u32) -> Result<Tensor> {

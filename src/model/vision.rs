@@ -26,8 +26,13 @@ pub struct VisionOutput {
 pub struct VisionModel {
     backbone: Backbone,
     head: Option<MapBlock>,
+    head_center: Option<Tensor>,
     cfg: VisionConfig,
 }
+
+/// Name (under `vision_model.`) of the fixed token centre the pooled-embedding head of a
+/// pretrained backbone reads its tokens relative to (see [`VisionModel::pool`]).
+pub const HEAD_CENTER: &str = "head_center";
 
 #[derive(Debug, Clone)]
 enum Backbone {
@@ -65,9 +70,19 @@ impl VisionModel {
         } else {
             None
         };
+        // a pretrained backbone's tokens share a large common component (cosine ≈ 0.95 between
+        // images), which a freshly initialised MAP head turns into near-identical embeddings
+        // that the sigmoid loss cannot pull apart; the head reads them relative to their mean
+        // over the training images, a fixed buffer set once before training
+        let head_center = if cfg.kind == VisionKind::Dinov2 && cfg.vision_use_head {
+            Some(vb.get_with_hints(cfg.hidden_size, HEAD_CENTER, candle_nn::Init::Const(0.0))?)
+        } else {
+            None
+        };
         Ok(Self {
             backbone,
             head,
+            head_center,
             cfg: cfg.clone(),
         })
     }
@@ -82,9 +97,10 @@ impl VisionModel {
 
     /// The pooled embedding of backbone tokens (the MAP head; the token mean without one).
     pub fn pool(&self, tokens: &Tensor) -> Result<Tensor> {
-        match &self.head {
-            Some(h) => h.pool(tokens),
-            None => tokens.mean(1),
+        match (&self.head, &self.head_center) {
+            (Some(h), Some(c)) => h.pool(&tokens.broadcast_sub(&c.to_dtype(tokens.dtype())?)?),
+            (Some(h), None) => h.pool(tokens),
+            (None, _) => tokens.mean(1),
         }
     }
 
@@ -92,7 +108,7 @@ impl VisionModel {
     pub fn forward(&self, pixels: &Tensor) -> Result<VisionOutput> {
         let tokens = self.tokens(pixels)?;
         let pooled = match &self.head {
-            Some(h) => Some(h.pool(&tokens)?),
+            Some(_) => Some(self.pool(&tokens)?),
             None => None,
         };
         Ok(VisionOutput { tokens, pooled })

@@ -69,7 +69,8 @@ pub fn build(
     cancel: &crate::util::Cancel,
 ) -> Result<usize, StoreError> {
     let images_dir = out.join("images");
-    std::fs::create_dir_all(&images_dir).map_err(io(format!("creating {}", images_dir.display())))?;
+    std::fs::create_dir_all(&images_dir)
+        .map_err(io(format!("creating {}", images_dir.display())))?;
     let n = manifest.records.len();
     let mut lines = Vec::with_capacity(n);
     let mut emb: Vec<f32> = Vec::new();
@@ -139,8 +140,11 @@ pub fn build(
     let t = Tensor::from_vec(emb, (lines.len(), dim), &Device::Cpu)
         .and_then(|t| t.to_dtype(DType::F16))
         .map_err(|e| StoreError::Db(e.to_string()))?;
-    crate::model::save_safetensors(&[("embeddings".into(), t)], &out.join("embeddings.safetensors"))
-        .map_err(|e| StoreError::Db(e.to_string()))?;
+    crate::model::save_safetensors(
+        &[("embeddings".into(), t)],
+        &out.join("embeddings.safetensors"),
+    )
+    .map_err(|e| StoreError::Db(e.to_string()))?;
     let mut text = Vec::new();
     for l in &lines {
         writeln!(text, "{l}").map_err(io("priors.jsonl".into()))?;
@@ -152,8 +156,10 @@ pub fn build(
 
 /// The demo store's records, ready to insert (paths made absolute under `dir`).
 pub fn load(dir: &Path) -> Result<Vec<NewRecord>, StoreError> {
-    let text = std::fs::read_to_string(dir.join("priors.jsonl"))
-        .map_err(io(format!("reading {}", dir.join("priors.jsonl").display())))?;
+    let text = std::fs::read_to_string(dir.join("priors.jsonl")).map_err(io(format!(
+        "reading {}",
+        dir.join("priors.jsonl").display()
+    )))?;
     let metas: Vec<RecordMeta> = text
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -3,8 +3,8 @@
 //! embedding with its model id (embeddings of different models never mix), DICOM identifiers,
 //! labels, report, regions (for in-context grounding), source path, content hash and a thumbnail.
 
-pub mod hnsw;
 pub mod demo;
+pub mod hnsw;
 pub mod index;
 #[cfg(feature = "milvus")]
 pub mod milvus;

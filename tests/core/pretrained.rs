@@ -68,8 +68,14 @@ fn to_timm(w: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
     );
     out.insert("norm.weight".into(), g("layernorm.weight"));
     out.insert("norm.bias".into(), g("layernorm.bias"));
-    out.insert("head.weight".into(), Tensor::zeros((1000, 768), DType::F32, &Device::Cpu).unwrap());
-    out.insert("head.bias".into(), Tensor::zeros(1000, DType::F32, &Device::Cpu).unwrap());
+    out.insert(
+        "head.weight".into(),
+        Tensor::zeros((1000, 768), DType::F32, &Device::Cpu).unwrap(),
+    );
+    out.insert(
+        "head.bias".into(),
+        Tensor::zeros(1000, DType::F32, &Device::Cpu).unwrap(),
+    );
     for i in 0..12 {
         let l = |k: &str| g(&format!("encoder.layer.{i}.{k}"));
         let b = format!("blocks.{i}");
@@ -152,16 +158,26 @@ fn dinov2_takes_our_grey_pixels_at_448() {
     assert_eq!(o.cls.dims(), &[2, 384]);
     // grey in [-1, 1] is the same as its RGB copy ImageNet-normalised by hand
     let rgb = ((grey.repeat((1, 3, 1, 1)).unwrap() + 1.0).unwrap() / 2.0).unwrap();
-    let mean = Tensor::new(&[0.485f32, 0.456, 0.406], &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
-    let std = Tensor::new(&[0.229f32, 0.224, 0.225], &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
-    let rgb = rgb.broadcast_sub(&mean).unwrap().broadcast_div(&std).unwrap();
+    let mean = Tensor::new(&[0.485f32, 0.456, 0.406], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
+    let std = Tensor::new(&[0.229f32, 0.224, 0.225], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
+    let rgb = rgb
+        .broadcast_sub(&mean)
+        .unwrap()
+        .broadcast_div(&std)
+        .unwrap();
     let o2 = ours.forward_normalised(&rgb).unwrap();
     assert!(max_abs_diff(&o.patches, &o2.patches) < 1e-3);
 }
 
 fn gemma_tokens(text: &str) -> Vec<u32> {
-    let tok = tokenizers::Tokenizer::from_file(base::base_file(base::GEMMA3_TOKENIZER).unwrap())
-        .unwrap();
+    let tok =
+        tokenizers::Tokenizer::from_file(base::base_file(base::GEMMA3_TOKENIZER).unwrap()).unwrap();
     let mut ids = vec![tok.token_to_id("<bos>").unwrap()];
     ids.extend(tok.encode(text, false).unwrap().get_ids());
     ids
@@ -186,7 +202,10 @@ fn quantized_continuation(prompt: &[u32], n_new: usize) -> Vec<u32> {
     let mut input = prompt.to_vec();
     let mut pos = 0;
     for _ in 0..n_new {
-        let x = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let x = Tensor::new(input.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let logits = q.forward(&x, pos).unwrap();
         pos += input.len();
         let next = argmax(&logits);
@@ -198,7 +217,8 @@ fn quantized_continuation(prompt: &[u32], n_new: usize) -> Vec<u32> {
 
 fn our_gemma(lora: Option<LoraSpec>) -> (Decoder, Arc<ParamStore>) {
     let gguf = base::base_file(base::GEMMA3_270M_GGUF).unwrap();
-    let (cfg, w) = base::gemma_weights_from_gguf(&gguf, "model.", DType::F32, &Device::Cpu).unwrap();
+    let (cfg, w) =
+        base::gemma_weights_from_gguf(&gguf, "model.", DType::F32, &Device::Cpu).unwrap();
     let store = ParamStore::new(
         0,
         Some(Box::new(w)),
@@ -213,8 +233,13 @@ fn greedy(dec: &Decoder, prompt: &[u32], n_new: usize) -> Vec<u32> {
     let mut out = Vec::new();
     let mut input = prompt.to_vec();
     for _ in 0..n_new {
-        let ids = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let h = dec.forward_embeds(&dec.embed(&ids).unwrap(), Some(&mut cache)).unwrap();
+        let ids = Tensor::new(input.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let h = dec
+            .forward_embeds(&dec.embed(&ids).unwrap(), Some(&mut cache))
+            .unwrap();
         let last = h.i((.., h.dim(1).unwrap() - 1, ..)).unwrap();
         let next = argmax(&dec.logits(&last).unwrap());
         out.push(next);
@@ -224,8 +249,8 @@ fn greedy(dec: &Decoder, prompt: &[u32], n_new: usize) -> Vec<u32> {
 }
 
 fn decode(ids: &[u32]) -> String {
-    let tok = tokenizers::Tokenizer::from_file(base::base_file(base::GEMMA3_TOKENIZER).unwrap())
-        .unwrap();
+    let tok =
+        tokenizers::Tokenizer::from_file(base::base_file(base::GEMMA3_TOKENIZER).unwrap()).unwrap();
     tok.decode(ids, true).unwrap()
 }
 
@@ -253,8 +278,12 @@ fn gemma_from_gguf_continues_like_quantized_gemma3() {
     let (mut cfg, w) =
         base::gemma_weights_from_gguf(&gguf, "model.", DType::F32, &Device::Cpu).unwrap();
     cfg.hidden_activation = lofi_viewer::model::config::HiddenActivation::Silu;
-    let dec = Decoder::new(&cfg, None, VarBuilder::from_tensors(w, DType::F32, &Device::Cpu))
-        .unwrap();
+    let dec = Decoder::new(
+        &cfg,
+        None,
+        VarBuilder::from_tensors(w, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     let mine = greedy(&dec, &prompt, n_new);
     eprintln!("quantized_gemma3: {:?}", decode(&theirs));
     eprintln!("ours (SiLU):      {:?}", decode(&mine));
@@ -267,7 +296,8 @@ fn gemma_from_gguf_continues_like_quantized_gemma3() {
 fn gemma_from_gguf_continues_like_stock_gemma3() {
     let prompt = gemma_tokens(PROMPT);
     let gguf = base::base_file(base::GEMMA3_270M_GGUF).unwrap();
-    let (cfg, w) = base::gemma_weights_from_gguf(&gguf, "model.", DType::F32, &Device::Cpu).unwrap();
+    let (cfg, w) =
+        base::gemma_weights_from_gguf(&gguf, "model.", DType::F32, &Device::Cpu).unwrap();
     let vb = VarBuilder::from_tensors(w, DType::F32, &Device::Cpu);
     let dec = Decoder::new(&cfg, None, vb.clone()).unwrap();
     let n_new = 20;
@@ -297,7 +327,10 @@ fn gemma_from_gguf_continues_like_stock_gemma3() {
     let mut input = prompt.clone();
     let mut pos = 0;
     for _ in 0..n_new {
-        let x = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let x = Tensor::new(input.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let logits = stock.forward(&x, pos).unwrap();
         pos += input.len();
         let next = argmax(&logits);
@@ -308,23 +341,40 @@ fn gemma_from_gguf_continues_like_stock_gemma3() {
     eprintln!("gemma3: {:?}", decode(&theirs));
     eprintln!("ours:   {text:?}");
     assert_eq!(mine, theirs);
-    assert!(text.contains("normal") || text.contains("lung") || text.contains("heart"), "{text}");
+    assert!(
+        text.contains("normal") || text.contains("lung") || text.contains("heart"),
+        "{text}"
+    );
 }
 
 #[test]
 fn gemma_lora_lowers_the_loss_in_a_few_steps() {
-    let (dec, store) = our_gemma(Some(LoraSpec { rank: 4, alpha: 4.0 }));
+    let (dec, store) = our_gemma(Some(LoraSpec {
+        rank: 4,
+        alpha: 4.0,
+    }));
     let ids = gemma_tokens("Detect all instances of \"cardiomegaly\".\n[[193,193,410,369]]");
     let t = ids.len();
-    let x = Tensor::new(&ids[..t - 1], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x = Tensor::new(&ids[..t - 1], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let y = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
     let loss = || {
-        let h = dec.forward_embeds(&dec.embed(&x).unwrap(), None).unwrap().squeeze(0).unwrap();
+        let h = dec
+            .forward_embeds(&dec.embed(&x).unwrap(), None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
         let l = dec.logits(&h).unwrap();
         candle_nn::loss::cross_entropy(&l, &y).unwrap()
     };
     let vars: Vec<candle_core::Var> = store.trainable().into_iter().map(|(_, v)| v).collect();
-    assert_eq!(vars.len(), 18 * 2 * 2, "LoRA A and B on q and v of 18 layers");
+    assert_eq!(
+        vars.len(),
+        18 * 2 * 2,
+        "LoRA A and B on q and v of 18 layers"
+    );
     let mut opt = candle_nn::AdamW::new(
         vars,
         candle_nn::ParamsAdamW {
@@ -341,21 +391,35 @@ fn gemma_lora_lowers_the_loss_in_a_few_steps() {
     }
     let per_step = t0.elapsed().as_secs_f64() / steps as f64;
     let last = loss().to_scalar::<f32>().unwrap();
-    eprintln!("Gemma 270M LoRA: loss {first:.3} → {last:.3}, {per_step:.2} s per step ({t} tokens)");
+    eprintln!(
+        "Gemma 270M LoRA: loss {first:.3} → {last:.3}, {per_step:.2} s per step ({t} tokens)"
+    );
     assert!(last < first, "loss {first} → {last}");
 }
 
 #[test]
 fn gemma_tokenizer_spells_digits_one_by_one() {
-    let tok = tokenizers::Tokenizer::from_file(base::base_file(base::GEMMA3_TOKENIZER).unwrap())
-        .unwrap();
+    let tok =
+        tokenizers::Tokenizer::from_file(base::base_file(base::GEMMA3_TOKENIZER).unwrap()).unwrap();
     let e = tok.encode("[[120,340,410,720]]", false).unwrap();
-    let digits = e.get_tokens().iter().filter(|t| t.chars().all(|c| c.is_ascii_digit())).count();
+    let digits = e
+        .get_tokens()
+        .iter()
+        .filter(|t| t.chars().all(|c| c.is_ascii_digit()))
+        .count();
     assert_eq!(digits, 12);
     let ids = gemma_tokens("The heart");
     assert_eq!(tok.decode(&ids, true).unwrap(), "The heart");
-    for special in ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<pad>"] {
+    for special in [
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<start_of_image>",
+        "<pad>",
+    ] {
         let e = tok.encode(format!("a{special}b"), false).unwrap();
-        assert!(e.get_tokens().contains(&special.to_string()), "{special} is one token");
+        assert!(
+            e.get_tokens().contains(&special.to_string()),
+            "{special} is one token"
+        );
     }
 }
