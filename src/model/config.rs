@@ -358,6 +358,9 @@ pub enum Preset {
     /// Pretrained DINOv2-small vision tower (224 px) and frozen Gemma 3 270M text features from
     /// the base folder, with a small decoder: the bundled default.
     Dino,
+    /// `Dino`'s towers at 448 px with the pretrained Gemma 3 270M decoder from the base GGUF
+    /// (Gemma tokenizer, M = 128): the GPU recipe (`configs/lofi-dino-gemma-gpu.toml`).
+    DinoGemma,
 }
 
 impl std::str::FromStr for Preset {
@@ -368,8 +371,9 @@ impl std::str::FromStr for Preset {
             "lofi-base" | "base" => Ok(Self::Base),
             "lofi-tiny" | "tiny" => Ok(Self::Tiny),
             "lofi-dino" | "dino" => Ok(Self::Dino),
+            "lofi-dino-gemma" | "dino-gemma" => Ok(Self::DinoGemma),
             other => Err(ModelError::Config(format!(
-                "unknown preset {other:?} (expected lofi-paper, lofi-base, lofi-tiny or lofi-dino)"
+                "unknown preset {other:?} (expected lofi-paper, lofi-base, lofi-tiny, lofi-dino or lofi-dino-gemma)"
             ))),
         }
     }
@@ -612,6 +616,21 @@ impl Config {
                     presence_threshold: None,
                 }
             }
+            Preset::DinoGemma => {
+                let dino = Self::preset(Preset::Dino);
+                Self {
+                    name: "lofi-dino-gemma".into(),
+                    image_size: 448,
+                    projector: ProjectorConfig {
+                        num_tokens: 128,
+                        pool: 2,
+                        ..dino.projector.clone()
+                    },
+                    decoder: gemma3_270m(),
+                    tokens: gemma_tokens(),
+                    ..dino
+                }
+            }
         }
     }
 
@@ -683,7 +702,13 @@ mod tests {
 
     #[test]
     fn presets_validate_and_roundtrip() {
-        for p in [Preset::Paper, Preset::Base, Preset::Tiny, Preset::Dino] {
+        for p in [
+            Preset::Paper,
+            Preset::Base,
+            Preset::Tiny,
+            Preset::Dino,
+            Preset::DinoGemma,
+        ] {
             let c = Config::preset(p);
             c.validate().unwrap();
             let s = serde_json::to_string(&c).unwrap();

@@ -80,6 +80,10 @@ pub struct TrainConfig {
     /// tell the labels apart, and that is the cheapest way to lower the loss); a frozen random
     /// tower with mean pooling keeps the texts apart, so the image tower has targets to learn.
     pub freeze_text: bool,
+    /// Keep the retrieval / presence embedding as it is: the pooled-embedding head, the text
+    /// head and the sigmoid temperature and bias do not train (a decoder-side stage after the
+    /// embedding has been fitted).
+    pub freeze_embedding: bool,
     /// Seed of everything random.
     pub seed: u64,
     /// Checkpoint every N steps.
@@ -125,6 +129,7 @@ impl Default for TrainConfig {
             sigmoid_positives: SigmoidPositives::Diagonal,
             freeze: Freeze::Full,
             freeze_text: false,
+            freeze_embedding: false,
             seed: 0,
             save_every: 200,
             keep_last: 3,

@@ -103,17 +103,45 @@ pub fn resolve_model(
         mc.image_size = s;
     }
     if let Some(b) = &mc.vision.base {
-        // a pretrained backbone from the base folder; everything else starts fresh
-        let st = crate::model::load::mmap(&[crate::model::base::base_file(b)?])?;
-        let tok_path = cfg.tokenizer.clone().ok_or_else(|| {
-            TrainError::Config("a new decoder needs `tokenizer` (path to tokenizer.json)".into())
-        })?;
+        // a pretrained backbone from the base folder (and, for a Gemma-size decoder, the
+        // pretrained Gemma 3 270M from the base GGUF); everything else starts fresh
+        use crate::model::base;
+        let gemma_decoder = mc.decoder.vocab_size == crate::model::config::GEMMA3_VOCAB;
+        let source: Box<dyn candle_nn::var_builder::SimpleBackend> = if gemma_decoder {
+            let mut w: std::collections::HashMap<String, Tensor> =
+                candle_core::safetensors::load(base::base_file(b)?, &Device::Cpu)?
+                    .into_iter()
+                    .collect();
+            let (gc, g) = base::gemma_weights_from_gguf(
+                &base::base_file(base::GEMMA3_270M_GGUF)?,
+                "decoder.model.",
+                DType::F32,
+                &Device::Cpu,
+            )?;
+            mc.decoder = crate::model::config::DecoderConfig {
+                max_position_embeddings: mc.decoder.max_position_embeddings,
+                ..gc
+            };
+            w.extend(g);
+            Box::new(w)
+        } else {
+            Box::new(crate::model::load::mmap(&[base::base_file(b)?])?)
+        };
+        let tok_path = match (&cfg.tokenizer, gemma_decoder) {
+            (Some(p), _) => p.clone(),
+            (None, true) => base::base_file(base::GEMMA3_TOKENIZER)?,
+            (None, false) => {
+                return Err(TrainError::Config(
+                    "a new decoder needs `tokenizer` (path to tokenizer.json)".into(),
+                ))
+            }
+        };
         let tok = LofiTokenizer::from_file(&tok_path, &mc.tokens)?;
         if cfg.freeze == Freeze::Lora {
             mc.lora = Some(LoraConfig::default());
         }
         mc.validate()?;
-        return Ok((mc, tok, Some(Box::new(st))));
+        return Ok((mc, tok, Some(source)));
     }
     let hf = cfg.init_siglip.is_some() || cfg.init_gemma.is_some();
     let source: Option<Box<dyn candle_nn::var_builder::SimpleBackend>> = if hf {
@@ -153,8 +181,18 @@ pub fn resolve_model(
     Ok((mc, tok, source))
 }
 
-fn trainable_fn(freeze: Freeze, freeze_text: bool) -> TrainableFn {
+fn trainable_fn(freeze: Freeze, freeze_text: bool, freeze_embedding: bool) -> TrainableFn {
     let inner = trainable_fn_inner(freeze);
+    let inner: TrainableFn = if freeze_embedding {
+        Arc::new(move |n: &str| {
+            !n.starts_with("vision_model.head.")
+                && !n.starts_with("text_model.head.")
+                && !n.starts_with("logit_")
+                && inner(n)
+        })
+    } else {
+        inner
+    };
     // fixed centring buffers, set from the data before training (`Trainer::set_centers`)
     let inner: TrainableFn = Arc::new(move |n: &str| {
         !n.ends_with(crate::model::vision::HEAD_CENTER)
@@ -194,7 +232,11 @@ impl Trainer {
     pub fn with_dtype(cfg: TrainConfig, device: Device, dtype: DType) -> Result<Self, TrainError> {
         cfg.check()?;
         let (model_cfg, tokenizer, source) = resolve_model(&cfg)?;
-        let store = ParamStore::new(cfg.seed, source, trainable_fn(cfg.freeze, cfg.freeze_text));
+        let store = ParamStore::new(
+            cfg.seed,
+            source,
+            trainable_fn(cfg.freeze, cfg.freeze_text, cfg.freeze_embedding),
+        );
         let vb = store.var_builder(dtype, &device);
         // the sigmoid bias is created first so a from-scratch run starts from the configured value
         let _ = vb.get_with_hints(

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Headless integration tests (one binary: every extra test file links the whole app again).
 
+mod bundled;
 mod common;
 mod dicom;
 mod malformed;

@@ -210,7 +210,7 @@ fn root() -> PathBuf {
 /// painted over the image, and the headless `ground` command returns the same boxes.
 #[test]
 fn typed_finding_is_grounded_with_the_bundled_model() {
-    let model = root().join("models/lofi-tiny");
+    let model = root().join("models/lofi-dino");
     let image = fixtures().join("nih/images/00005066_030.png");
     let mut h = {
         let (model, image) = (model.clone(), image.clone());
@@ -370,7 +370,7 @@ fn typed_finding_is_grounded_with_the_bundled_model() {
 #[test]
 fn similar_cases_panel_finds_the_image_and_opens_it_two_up() {
     let d = tempfile::tempdir().unwrap();
-    let model = root().join("models/lofi-tiny");
+    let model = root().join("models/lofi-dino");
     let images = fixtures().join("nih/images");
     let store_dir = d.path().join("store");
     {
