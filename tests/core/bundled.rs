@@ -73,7 +73,12 @@ fn a_finding_that_is_there_is_boxed_and_a_score_below_the_threshold_gives_no_box
 
 #[test]
 fn fewer_in_context_cases_than_asked_are_reported() {
-    let v = ground_with(&model(), "00005066_030.png", "cardiomegaly", &["--shots", "3"]);
+    let v = ground_with(
+        &model(),
+        "00005066_030.png",
+        "cardiomegaly",
+        &["--shots", "3"],
+    );
     assert_eq!(v["shots_requested"], 3);
     assert_eq!(v["shots_found"], 0);
     assert!(
