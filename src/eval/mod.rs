@@ -212,6 +212,20 @@ impl ShotPool {
     }
 }
 
+/// Every finding with boxes in `data`, in first-seen order, with its `phrase_basic` text.
+fn findings_with_texts(data: &Manifest) -> Vec<(String, String)> {
+    let mut findings: Vec<(String, String)> = Vec::new();
+    for r in &data.records {
+        for g in &r.regions {
+            let f = finding_of(g);
+            if !findings.iter().any(|(x, _)| *x == f) {
+                findings.push((f.clone(), phrase_of(g, PhraseField::PhraseBasic)));
+            }
+        }
+    }
+    findings
+}
+
 fn retrieval_labels(r: &Record) -> Vec<String> {
     if r.labels.is_empty() {
         vec!["No Finding".into()]
@@ -284,15 +298,7 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
         .iter()
         .map(|r| r.patient_id.clone().unwrap_or_else(|| r.image.clone()))
         .collect();
-    let mut findings: Vec<(String, String)> = Vec::new();
-    for r in &data.records {
-        for g in &r.regions {
-            let f = finding_of(g);
-            if !findings.iter().any(|(x, _)| *x == f) {
-                findings.push((f.clone(), phrase_of(g, PhraseField::PhraseBasic)));
-            }
-        }
-    }
+    let findings = findings_with_texts(data);
     let text_emb: Vec<(String, Vec<f32>)> = findings
         .iter()
         .map(|(f, t)| Ok((f.clone(), lofi.embed_text(t)?)))
@@ -454,15 +460,7 @@ pub fn calibrate_presence(
     }
     let (_, enc) = encode_all(lofi, data, progress)?;
     let labels: Vec<Vec<String>> = data.records.iter().map(retrieval_labels).collect();
-    let mut findings: Vec<(String, String)> = Vec::new();
-    for r in &data.records {
-        for g in &r.regions {
-            let f = finding_of(g);
-            if !findings.iter().any(|(x, _)| *x == f) {
-                findings.push((f.clone(), phrase_of(g, PhraseField::PhraseBasic)));
-            }
-        }
-    }
+    let findings = findings_with_texts(data);
     let (scale, bias) = lofi.sigmoid_params()?;
     let mut pairs: Vec<(f32, bool)> = Vec::new();
     for (f, t) in &findings {

@@ -11,8 +11,8 @@ use candle_nn::{Init, VarBuilder};
 
 use super::config::VisionConfig;
 use super::nn::{
-    attention, bicubic_matrix, merge_heads, split_heads, Activation, LayerNorm, Linear, LoraSpec,
-    Mlp, W_INIT,
+    attention, merge_heads, resize_position_grid, split_heads, Activation, LayerNorm, Linear,
+    LoraSpec, Mlp, W_INIT,
 };
 
 /// ImageNet channel means (RGB) DINOv2 was trained with.
@@ -138,25 +138,11 @@ impl Dinov2 {
     /// PyTorch's `interpolate(mode="bicubic", align_corners=False)`), `(gh·gw, D)`.
     fn patch_positions(&self, gh: usize, gw: usize) -> Result<Tensor> {
         let g = self.cfg.base_grid();
-        let d = self.cfg.hidden_size;
         let pos = self.position_embeddings.squeeze(0)?.narrow(0, 1, g * g)?;
         if gh == g && gw == g {
             return Ok(pos);
         }
-        let dev = pos.device();
-        let dt = pos.dtype();
-        let ry = Tensor::from_vec(bicubic_matrix(g, gh), (gh, g), dev)?.to_dtype(dt)?;
-        let rx = Tensor::from_vec(bicubic_matrix(g, gw), (gw, g), dev)?.to_dtype(dt)?;
-        let p = ry
-            .matmul(&pos.reshape((g, g * d))?)?
-            .reshape((gh, g, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let p = p
-            .reshape((gh * d, g))?
-            .matmul(&rx.t()?)?
-            .reshape((gh, d, gw))?;
-        p.transpose(1, 2)?.contiguous()?.reshape((gh * gw, d))
+        resize_position_grid(&pos, g, gh, gw)
     }
 
     /// ImageNet-normalised `(B, 3, H, W)` from our `(B, 1|3, H, W)` pixels in [-1, 1].

@@ -361,6 +361,27 @@ pub fn bicubic_matrix(old: usize, new: usize) -> Vec<f32> {
     m
 }
 
+/// A `(g·g, D)` grid of position embeddings resized to `(gh·gw, D)` with [`bicubic_matrix`] along
+/// each axis (two matmuls, so it stays differentiable).
+pub fn resize_position_grid(pos: &Tensor, g: usize, gh: usize, gw: usize) -> Result<Tensor> {
+    let d = pos.dim(1)?;
+    let dev = pos.device();
+    let dt = pos.dtype();
+    let ry = Tensor::from_vec(bicubic_matrix(g, gh), (gh, g), dev)?.to_dtype(dt)?;
+    let rx = Tensor::from_vec(bicubic_matrix(g, gw), (gw, g), dev)?.to_dtype(dt)?;
+    // (g, g·D) → rows resized → (gh, g, D) → (gh, D, g) → cols resized → (gh, D, gw) → (gh, gw, D)
+    let p = ry
+        .matmul(&pos.reshape((g, g * d))?)?
+        .reshape((gh, g, d))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let p = p
+        .reshape((gh * d, g))?
+        .matmul(&rx.t()?)?
+        .reshape((gh, d, gw))?;
+    p.transpose(1, 2)?.contiguous()?.reshape((gh * gw, d))
+}
+
 /// Rotary tables `(max_len, head_dim/2)` for a RoPE base.
 pub fn rope_tables(
     head_dim: usize,

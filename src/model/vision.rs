@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use super::config::{PatchEmbedding, VisionConfig, VisionKind};
 use super::dinov2::Dinov2;
 use super::encoder::{Encoder, EncoderDims, MapBlock};
-use super::nn::{bicubic_matrix, LayerNorm, LoraSpec, W_INIT};
+use super::nn::{resize_position_grid, LayerNorm, LoraSpec, W_INIT};
 
 /// Output of the image encoder.
 #[derive(Debug, Clone)]
@@ -162,23 +162,7 @@ impl SiglipBackbone {
         if gh == g && gw == g {
             return Ok(self.position_embedding.clone());
         }
-        let d = self.cfg.hidden_size;
-        let dev = self.position_embedding.device();
-        let dt = self.position_embedding.dtype();
-        let ry = Tensor::from_vec(bicubic_matrix(g, gh), (gh, g), dev)?.to_dtype(dt)?;
-        let rx = Tensor::from_vec(bicubic_matrix(g, gw), (gw, g), dev)?.to_dtype(dt)?;
-        // (g, g·D) → rows resized → (gh, g, D) → (gh, D, g) → cols resized → (gh, D, gw) → (gh, gw, D)
-        let p = self.position_embedding.reshape((g, g * d))?;
-        let p = ry
-            .matmul(&p)?
-            .reshape((gh, g, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let p = p
-            .reshape((gh * d, g))?
-            .matmul(&rx.t()?)?
-            .reshape((gh, d, gw))?;
-        p.transpose(1, 2)?.contiguous()?.reshape((gh * gw, d))
+        resize_position_grid(&self.position_embedding, g, gh, gw)
     }
 
     /// Patchify and embed `(B, C, H, W)` → `(B, N, D)`.
