@@ -12,6 +12,7 @@ pub mod gui;
 pub mod manifest;
 pub mod model;
 pub mod report;
+pub mod service;
 pub mod store;
 pub mod train;
 pub mod util;

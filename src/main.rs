@@ -66,6 +66,9 @@ fn run_gui(cli: &Cli) -> i32 {
         device,
         similar: cli.similar,
         shots: cli.shots,
+        find_all: cli.find_all,
+        two_up: cli.two_up,
+        harness: false,
     };
     let shot = args.screenshot.is_some();
     match gui::run(args) {

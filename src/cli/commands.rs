@@ -1,6 +1,7 @@
 //! The headless commands; each returns the JSON printed on stdout.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -9,6 +10,7 @@ use super::{Cli, Command};
 use crate::manifest::Manifest;
 use crate::model::load::DeviceChoice;
 use crate::model::Lofi;
+use crate::service::{AiService, AiTask};
 use crate::train::{self, RunOptions, TrainConfig};
 use crate::util::Cancel;
 
@@ -73,19 +75,7 @@ pub fn open_store(cli: &Cli, _model: &Lofi) -> Result<Box<dyn crate::store::Prio
 pub fn query_embedding(m: &Lofi, image: &Path, bbox: Option<[f32; 4]>) -> Result<Vec<f32>> {
     let img = load_image(image)?;
     let img = match bbox {
-        Some([x1, y1, x2, y2]) => {
-            let (w, h) = (img.width() as f32, img.height() as f32);
-            let (x1, y1) = (x1.clamp(0.0, w - 1.0), y1.clamp(0.0, h - 1.0));
-            let (x2, y2) = (x2.clamp(x1 + 1.0, w), y2.clamp(y1 + 1.0, h));
-            image::imageops::crop_imm(
-                &img,
-                x1 as u32,
-                y1 as u32,
-                (x2 - x1) as u32,
-                (y2 - y1) as u32,
-            )
-            .to_image()
-        }
+        Some(b) => crate::service::crop_region(&img, b),
         None => img,
     };
     Ok(m.encode(&img)?.embedding)
@@ -244,35 +234,53 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             phrase,
             shots,
         } => {
-            let m = load_model(cli)?;
+            let m = Arc::new(load_model(cli)?);
             let img = load_image(image)?;
             let t0 = std::time::Instant::now();
-            let enc = m.encode(&img)?;
-            let icl = if *shots > 0 {
-                let store = open_store(cli, &m)?;
-                crate::store::icl_shots(&m, store.as_ref(), &enc, phrase, *shots, None)?
+            let store = if *shots > 0 {
+                Some(Arc::from(open_store(cli, &m)?))
             } else {
-                Vec::new()
+                None
             };
-            let shot_list: Vec<_> = icl.iter().map(|s| s.shot.clone()).collect();
-            let g = m.ground_checked(&enc, phrase, &shot_list)?;
+            let svc = AiService::new(m.clone(), store.clone());
+            let cancel = Cancel::new();
+            let enc = svc.encode(&img, &cancel)?;
+            let task = AiTask::Ground {
+                phrase: phrase.clone(),
+                shots: *shots,
+                exclude_patient: None,
+            };
+            let answer = svc.run(&enc, &task, &cancel)?;
+            let f = answer
+                .findings
+                .first()
+                .context("grounding gave no answer")?;
+            let boxes: Vec<Value> = f
+                .boxes
+                .iter()
+                .map(|b| json!({"x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "score": b.score}))
+                .collect();
             let mut out = json!({
                 "width": img.width(), "height": img.height(), "phrase": phrase,
-                "boxes": g.boxes, "presence": g.presence, "present": g.present,
-                "presence_threshold": g.threshold, "model": m.model_id(),
+                "boxes": boxes, "presence": f.presence, "present": f.present,
+                "presence_threshold": answer.presence_threshold, "model": m.model_id(),
                 "elapsed_ms": t0.elapsed().as_secs_f64() * 1000.0,
             });
             if *shots > 0 {
                 out["shots_requested"] = json!(shots);
-                out["shots_found"] = json!(icl.len());
-                out["shots"] = json!(icl.iter().map(|s| json!({"path": s.record.meta.path, "phrase": s.shot.phrase, "score": s.score})).collect::<Vec<_>>());
-                if icl.len() < *shots {
+                out["shots_found"] = json!(answer.used.len());
+                out["shots"] = json!(answer
+                    .used
+                    .iter()
+                    .map(|u| json!({"path": u.record.meta.path, "phrase": u.phrase, "score": u.score}))
+                    .collect::<Vec<_>>());
+                if answer.used.len() < *shots {
                     out["shots_note"] = json!(format!(
                         "only {} of {} in-context examples found in the store {}",
-                        icl.len(),
+                        answer.used.len(),
                         shots,
-                        open_store(cli, &m)
-                            .map(|s| s.describe())
+                        store
+                            .map(|s: Arc<dyn crate::store::PriorStore>| s.describe())
                             .unwrap_or_default()
                     ));
                 }
@@ -280,14 +288,29 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             Ok(out)
         }
         Command::Describe { image, bbox } => {
-            let m = load_model(cli)?;
-            let enc = m.encode(&load_image(image)?)?;
-            Ok(json!({"text": m.describe(&enc, *bbox)?, "model": m.model_id()}))
+            let svc = AiService::new(Arc::new(load_model(cli)?), None);
+            let cancel = Cancel::new();
+            let enc = svc.encode(&load_image(image)?, &cancel)?;
+            let a = svc.run(&enc, &AiTask::Describe(*bbox), &cancel)?;
+            let text = a
+                .findings
+                .first()
+                .map(|f| f.phrase.clone())
+                .filter(|t| t != "(no description)")
+                .unwrap_or_default();
+            Ok(json!({"text": text, "model": svc.model().model_id()}))
         }
         Command::Findings { image } => {
-            let m = load_model(cli)?;
-            let enc = m.encode(&load_image(image)?)?;
-            Ok(json!({"regions": m.findings(&enc)?, "model": m.model_id()}))
+            let svc = AiService::new(Arc::new(load_model(cli)?), None);
+            let cancel = Cancel::new();
+            let enc = svc.encode(&load_image(image)?, &cancel)?;
+            let a = svc.run(&enc, &AiTask::FindAll, &cancel)?;
+            let regions: Vec<Value> = a
+                .findings
+                .iter()
+                .flat_map(|f| f.boxes.iter().map(move |b| json!({"phrase": f.phrase, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "score": b.score})))
+                .collect();
+            Ok(json!({"regions": regions, "model": svc.model().model_id()}))
         }
         Command::Caption { image } => {
             let m = load_model(cli)?;

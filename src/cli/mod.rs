@@ -42,6 +42,12 @@ pub struct Cli {
     /// GUI: ground --phrase with K in-context cases from the store ("learn from similar cases").
     #[arg(long)]
     pub shots: Option<usize>,
+    /// GUI: run "Find all" once the image and model are ready.
+    #[arg(long)]
+    pub find_all: bool,
+    /// GUI: start in the two-up layout with the first two images opened.
+    #[arg(long)]
+    pub two_up: bool,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `lofi_viewer=debug`.
     #[arg(long, global = true, default_value = "warn")]
     pub log: String,

@@ -3,6 +3,7 @@
 
 pub mod baselines;
 pub mod grounding;
+pub mod probe;
 pub mod retrieval;
 
 use std::path::Path;
@@ -26,12 +27,12 @@ pub enum EvalError {
     #[error(transparent)]
     Model(#[from] ModelError),
     /// An image could not be read.
-    #[error("{path}: {message}")]
+    #[error("{path}: {source}")]
     Image {
         /// File.
         path: String,
         /// Why.
-        message: String,
+        source: crate::dicom::DicomError,
     },
     /// Nothing to evaluate.
     #[error("the manifest has no images")]
@@ -115,9 +116,9 @@ pub struct EvalOptions<'a> {
 
 fn load(m: &Manifest, r: &Record) -> Result<image::GrayImage, EvalError> {
     let p = m.image_path(r);
-    crate::dicom::load_gray8(&p).map_err(|e| EvalError::Image {
+    crate::dicom::load_gray8(&p).map_err(|source| EvalError::Image {
         path: p.display().to_string(),
-        message: e.to_string(),
+        source,
     })
 }
 
@@ -364,6 +365,7 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
         }}),
     );
     if let Some(train) = opts.baseline_from {
+        out["presence"]["linear_probe"] = presence_probe(lofi, train, &enc, &findings, &carries)?;
         let priors = priors_from(train)?;
         for (name, phrase_level) in [("class_prior", false), ("phrase_prior", true)] {
             let mut qs = Vec::with_capacity(n_queries);
@@ -407,16 +409,58 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
     Ok(out)
 }
 
+/// The presence baseline: per finding, a logistic regression on the backbone's mean-pooled
+/// patch features of `train`, scored on the evaluated images `enc` (AUROC per finding and mean).
+fn presence_probe(
+    lofi: &Lofi,
+    train: &Manifest,
+    enc: &[EncodedImage],
+    findings: &[(String, String)],
+    carries: &dyn Fn(usize, &str) -> bool,
+) -> Result<Value, EvalError> {
+    let (_, train_enc) = encode_all(lofi, train, &|_| {})?;
+    let train_labels: Vec<Vec<String>> = train.records.iter().map(retrieval_labels).collect();
+    let rows: Vec<Vec<f32>> = train_enc.iter().map(|e| e.backbone_mean.clone()).collect();
+    let st = probe::Standardiser::fit(&rows);
+    let x: Vec<Vec<f64>> = rows.iter().map(|r| st.apply(r)).collect();
+    let xe: Vec<Vec<f64>> = enc.iter().map(|e| st.apply(&e.backbone_mean)).collect();
+    let settings = probe::ProbeSettings::default();
+    let mut per_finding = serde_json::Map::new();
+    let mut aurocs = Vec::new();
+    for (f, _) in findings {
+        let y: Vec<bool> = train_labels
+            .iter()
+            .map(|l| l.contains(&label_phrase(f)))
+            .collect();
+        if !y.iter().any(|&p| p) {
+            continue;
+        }
+        let p = probe::LinearProbe::fit(&x, &y, settings);
+        let scores: Vec<f32> = xe.iter().map(|r| p.score(r) as f32).collect();
+        let pos: Vec<bool> = (0..enc.len()).map(|j| carries(j, f)).collect();
+        if let Some(a) = retrieval::auroc(&scores, &pos) {
+            aurocs.push(a);
+            per_finding.insert(f.clone(), json!({"auroc": a}));
+        }
+    }
+    Ok(json!({
+        "auroc": if aurocs.is_empty() { Value::Null } else { json!(aurocs.iter().sum::<f64>() / aurocs.len() as f64) },
+        "features": "backbone patch tokens, mean-pooled, standardised",
+        "fit_on": train.records.len(),
+        "l2": settings.l2, "steps": settings.steps,
+        "per_finding": per_finding,
+    }))
+}
+
 /// Image size without decoding pixels where the format allows.
 pub fn image_size(path: &Path) -> Result<(u32, u32), EvalError> {
-    let err = |m: String| EvalError::Image {
-        path: path.display().to_string(),
-        message: m,
-    };
     if let Ok(d) = image::image_dimensions(path) {
         return Ok(d);
     }
-    let f = crate::dicom::object::open(path).map_err(|e| err(e.to_string()))?;
+    let f = crate::dicom::object::open(path).map_err(|source| EvalError::Image {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok((f.info.columns, f.info.rows))
 }
 

@@ -43,8 +43,29 @@ pub enum JobEvent {
         /// One-line message.
         error: String,
     },
-    /// Anything else (AI and store results), boxed.
-    Other(Box<dyn std::any::Any + Send>),
+    /// A file dialog answered.
+    Picked(Picked),
+    /// Model, store and inference results.
+    Ai(super::ai::AiEvent),
+    /// Similar-cases search and indexing.
+    Similar(super::similar::SimilarEvent),
+    /// The screenshot run's picture was saved (or not).
+    Shot(Result<(), String>),
+    /// A PNG export finished.
+    Exported(Result<std::path::PathBuf, String>),
+}
+
+/// What a file dialog returned, by the question it asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Picked {
+    /// Files or a folder to open.
+    Open(Vec<PathBuf>),
+    /// A model folder to load.
+    ModelFolder(PathBuf),
+    /// Where to write an export.
+    ExportTo(super::export::ExportKind, PathBuf),
+    /// A folder of prior cases to index.
+    IndexFolder(PathBuf),
 }
 
 /// The job runner.
@@ -98,6 +119,15 @@ impl Jobs {
             });
         }
         cancel
+    }
+
+    /// A handle for sending events from outside a job (e.g. a screenshot callback).
+    pub fn sender(&self) -> JobHandle {
+        JobHandle {
+            tx: self.tx.clone(),
+            ctx: self.ctx.clone(),
+            cancel: Cancel::new(),
+        }
     }
 
     /// Everything reported since the last call.

@@ -2,16 +2,23 @@
 
 pub mod ai;
 pub mod app;
+pub mod command;
+pub mod export;
+pub mod interaction;
 pub mod jobs;
 pub mod panels;
 pub mod renderer;
+pub mod screenshot;
 pub mod similar;
+pub mod state;
 pub mod view;
+pub mod viewport;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-pub use app::{Args, LofiApp};
+pub use app::{Args, LofiApp, RunMode};
+pub use command::AppCommand;
 
 /// How a screenshot run ended.
 #[derive(Debug, Clone, Default, PartialEq)]

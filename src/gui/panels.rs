@@ -1,134 +1,165 @@
-//! The side and bar panels: menu, status bar, study browser, DICOM tag browser.
+//! The side and bar panels: menu, status bar, study browser, DICOM tag browser. Each reads the
+//! state and pushes [`AppCommand`]s; none changes the app itself.
 
 use std::path::PathBuf;
 
 use dicom_core::value::Value;
 use egui::{Color32, RichText};
 
-use super::app::{LofiApp, Tool};
-use super::jobs::JobEvent;
+use super::command::AppCommand;
+use super::state::{AppState, PointerTool};
+use crate::dicom::study::Instance;
 
-struct PickedPaths(Vec<PathBuf>);
-
-fn pick_in_background(app: &LofiApp, folder: bool) {
-    let start = app.settings.last_dir.clone();
-    app.jobs.spawn("file dialog", move |h| {
-        let mut d = rfd::FileDialog::new();
-        if let Some(s) = start {
-            d = d.set_directory(s);
-        }
-        let picked = if folder {
-            d.pick_folder().map(|p| vec![p])
-        } else {
-            d.add_filter("Images", &["dcm", "dicom", "png", "jpg", "jpeg", "DCM"])
-                .add_filter("All files", &["*"])
-                .pick_files()
-        };
-        if let Some(p) = picked {
-            h.send(JobEvent::Other(Box::new(PickedPaths(p))));
-        }
-    });
+/// A checkbox over a copy of `value` that pushes `make(new)` when clicked.
+fn toggle(
+    ui: &mut egui::Ui,
+    value: bool,
+    text: &str,
+    make: fn(bool) -> AppCommand,
+    cmds: &mut Vec<AppCommand>,
+) {
+    let mut v = value;
+    if ui.checkbox(&mut v, text).changed() {
+        cmds.push(make(v));
+    }
 }
 
-/// Handle events of the file dialog job (called from the app's poll loop via `Other`).
-pub fn take_picked(ev: &JobEvent) -> Option<Vec<PathBuf>> {
-    match ev {
-        JobEvent::Other(b) => b.downcast_ref::<PickedPaths>().map(|p| p.0.clone()),
-        _ => None,
+/// A menu button that pushes `c` when clicked.
+fn item(ui: &mut egui::Ui, text: &str, c: AppCommand, cmds: &mut Vec<AppCommand>) {
+    if ui.button(text).clicked() {
+        cmds.push(c);
+        ui.close();
     }
 }
 
 /// The menu bar.
-pub fn menu_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
+pub fn menu_ui(ui: &mut egui::Ui, state: &AppState, cmds: &mut Vec<AppCommand>) {
     egui::Panel::top("menu").show(ui, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
-            ui.menu_button("File", |ui| {
-                if ui.button("Open files…").clicked() {
-                    pick_in_background(app, false);
-                    ui.close();
-                }
-                if ui.button("Open folder…").clicked() {
-                    pick_in_background(app, true);
-                    ui.close();
-                }
-                ui.separator();
-                if ui.button("Quit").clicked() {
-                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
-                }
-            });
-            ui.menu_button("View", |ui| {
-                let a = app.active;
-                let ppp = ui.ctx().pixels_per_point();
-                let vp = &mut app.viewports[a];
-                if ui.button("Fit (F)").clicked() {
-                    vp.view.fit = true;
-                }
-                if ui.button("1:1 (Z)").clicked() {
-                    vp.view.one_to_one(ppp);
-                }
-                if ui.button("Rotate 90° (R)").clicked() {
-                    vp.view.rotate_cw();
-                }
-                if ui.button("Flip horizontal (H)").clicked() {
-                    vp.view.flip_h = !vp.view.flip_h;
-                }
-                if ui.button("Flip vertical (V)").clicked() {
-                    vp.view.flip_v = !vp.view.flip_v;
-                }
-                ui.checkbox(&mut vp.invert, "Invert (I)");
-                if ui.button("Reset (Esc)").clicked() {
-                    vp.reset();
-                }
-                ui.separator();
-                ui.checkbox(&mut app.settings.two_up, "Two-up layout");
-                ui.checkbox(&mut app.settings.sync, "Synchronise window and zoom");
-                ui.checkbox(&mut app.settings.smooth, "Smooth when zoomed");
-                ui.checkbox(&mut app.settings.show_browser, "Study browser");
-                ui.checkbox(&mut app.settings.show_tags, "DICOM tags");
-            });
-            ui.menu_button("Window", |ui| {
-                let presets = app.presets(app.active);
-                for (i, (name, voi)) in presets.iter().enumerate() {
-                    let label = if i < 9 {
-                        format!("{}  ({})", name, i + 1)
-                    } else {
-                        name.clone()
-                    };
-                    if ui.button(label).clicked() {
-                        app.viewports[app.active].voi = Some(*voi);
-                    }
-                }
-                ui.separator();
-                if ui.button("Save current window as preset").clicked() {
-                    if let Some(crate::dicom::Voi::Window { center, width, .. }) =
-                        app.viewports[app.active].current_voi()
-                    {
-                        let n = app.settings.presets.len() + 1;
-                        app.settings.presets.push(super::app::Preset {
-                            name: format!("Preset {n} (W {width:.0} C {center:.0})"),
-                            center,
-                            width,
-                        });
-                    }
-                }
-                if !app.settings.presets.is_empty() && ui.button("Clear saved presets").clicked() {
-                    app.settings.presets.clear();
-                }
-            });
+            ui.menu_button("File", |ui| file_menu_ui(ui, state, cmds));
+            ui.menu_button("View", |ui| view_menu_ui(ui, state, cmds));
+            ui.menu_button("Window", |ui| window_menu_ui(ui, state, cmds));
             ui.menu_button("Tools", |ui| {
-                ui.radio_value(&mut app.tool, Tool::Pan, "Pan (drag)");
-                ui.radio_value(&mut app.tool, Tool::Ruler, "Ruler (M, or Shift+drag)");
+                for (tool, text) in [
+                    (PointerTool::Pan, "Pan (drag)"),
+                    (PointerTool::Ruler, "Ruler (M, or Shift+drag)"),
+                    (PointerTool::DescribeRegion, "Describe a region (D)"),
+                ] {
+                    if ui.radio(state.tool == tool, text).clicked() {
+                        cmds.push(AppCommand::SetTool(tool));
+                    }
+                }
                 ui.label("Right-drag: window/level · wheel: zoom about the cursor");
+            });
+            ui.menu_button("Help", |ui| {
+                item(ui, "Keys and mouse (F1)", AppCommand::ToggleHelp, cmds);
             });
         });
     });
 }
 
+fn file_menu_ui(ui: &mut egui::Ui, state: &AppState, cmds: &mut Vec<AppCommand>) {
+    item(
+        ui,
+        "Open files… (Ctrl+O)",
+        AppCommand::OpenDialog { folder: false },
+        cmds,
+    );
+    item(
+        ui,
+        "Open folder…",
+        AppCommand::OpenDialog { folder: true },
+        cmds,
+    );
+    ui.menu_button("Recent studies", |ui| {
+        if state.settings.recent.is_empty() {
+            ui.label(RichText::new("Nothing opened yet").weak());
+        }
+        for p in &state.settings.recent {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string());
+            if ui
+                .button(name)
+                .on_hover_text(p.display().to_string())
+                .clicked()
+            {
+                cmds.push(AppCommand::OpenPaths(vec![p.clone()]));
+                ui.close();
+            }
+        }
+    });
+    ui.separator();
+    item(ui, "Quit", AppCommand::Quit, cmds);
+}
+
+fn view_menu_ui(ui: &mut egui::Ui, state: &AppState, cmds: &mut Vec<AppCommand>) {
+    let vp = &state.viewports[state.active];
+    item(ui, "Fit (F)", AppCommand::Fit, cmds);
+    item(ui, "1:1 (Z)", AppCommand::OneToOne, cmds);
+    item(ui, "Rotate 90° (R)", AppCommand::RotateCw, cmds);
+    item(ui, "Flip horizontal (H)", AppCommand::FlipHorizontal, cmds);
+    item(ui, "Flip vertical (V)", AppCommand::FlipVertical, cmds);
+    let mut inv = vp.invert;
+    if ui.checkbox(&mut inv, "Invert (I)").changed() {
+        cmds.push(AppCommand::ToggleInvert);
+    }
+    item(ui, "Reset (Esc)", AppCommand::Reset, cmds);
+    ui.separator();
+    let s = &state.settings;
+    toggle(ui, s.two_up, "Two-up layout", AppCommand::SetTwoUp, cmds);
+    toggle(
+        ui,
+        s.sync,
+        "Synchronise window and zoom",
+        AppCommand::SetSync,
+        cmds,
+    );
+    toggle(
+        ui,
+        s.smooth,
+        "Smooth when zoomed",
+        AppCommand::SetSmooth,
+        cmds,
+    );
+    toggle(
+        ui,
+        s.show_browser,
+        "Study browser",
+        AppCommand::ShowBrowser,
+        cmds,
+    );
+    toggle(ui, s.show_ai, "AI panel", AppCommand::ShowAi, cmds);
+    toggle(ui, s.show_tags, "DICOM tags", AppCommand::ShowTags, cmds);
+}
+
+fn window_menu_ui(ui: &mut egui::Ui, state: &AppState, cmds: &mut Vec<AppCommand>) {
+    for (i, (name, _)) in state.presets(state.active).iter().enumerate() {
+        let label = if i < 9 {
+            format!("{}  ({})", name, i + 1)
+        } else {
+            name.clone()
+        };
+        item(ui, &label, AppCommand::ApplyPreset(i), cmds);
+    }
+    ui.separator();
+    item(
+        ui,
+        "Save current window as preset",
+        AppCommand::SavePreset,
+        cmds,
+    );
+    if !state.settings.presets.is_empty() {
+        item(ui, "Clear saved presets", AppCommand::ClearPresets, cmds);
+    }
+}
+
 /// The status bar.
-pub fn status_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
+pub fn status_ui(ui: &mut egui::Ui, state: &AppState, cmds: &mut Vec<AppCommand>) {
     egui::Panel::bottom("status").show(ui, |ui| {
         ui.horizontal(|ui| {
-            let p = &app.probe;
+            let p = &state.probe;
             if let Some((x, y)) = p.pixel {
                 ui.monospace(format!("x {x} y {y} px"));
             }
@@ -146,25 +177,23 @@ pub fn status_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
             if let Some(m) = p.modality {
                 ui.monospace(format!("value {m:.1}"));
             }
-            let vp = &mut app.viewports[app.active];
-            if let Some(img) = vp.image.clone() {
-                let n = img.frames.len();
-                if n > 1 {
-                    ui.separator();
-                    let label = if vp.playing { "Pause" } else { "Play" };
-                    if ui.button(label).on_hover_text("Cine (Space)").clicked() {
-                        vp.playing = !vp.playing;
-                    }
-                    let mut f = vp.frame + 1;
-                    if ui
-                        .add(egui::Slider::new(&mut f, 1..=n).text("frame"))
-                        .changed()
-                    {
-                        vp.frame = f - 1;
-                    }
+            let vp = &state.viewports[state.active];
+            let n = vp.image.as_ref().map_or(0, |i| i.frames.len());
+            if n > 1 {
+                ui.separator();
+                let label = if vp.playing { "Pause" } else { "Play" };
+                if ui.button(label).on_hover_text("Cine (Space)").clicked() {
+                    cmds.push(AppCommand::TogglePlay);
+                }
+                let mut f = vp.frame + 1;
+                if ui
+                    .add(egui::Slider::new(&mut f, 1..=n).text("frame"))
+                    .changed()
+                {
+                    cmds.push(AppCommand::SetFrame(f - 1));
                 }
             }
-            for (job, (done, total)) in &app.progress {
+            for (job, (done, total)) in &state.progress {
                 ui.separator();
                 let frac = if *total > 0 {
                     *done as f32 / *total as f32
@@ -177,28 +206,27 @@ pub fn status_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
                         .text(format!("{job} {done}/{total}")),
                 );
             }
-            if let Some((m, err)) = &app.message {
+            if let Some(m) = &state.message {
                 ui.separator();
-                let c = if *err {
+                let c = if m.error {
                     Color32::from_rgb(240, 120, 110)
                 } else {
                     Color32::GRAY
                 };
-                ui.label(RichText::new(m).color(c));
+                ui.label(RichText::new(&m.text).color(c));
             }
         });
     });
 }
 
 /// The study browser: patient → study → series → instances with thumbnails.
-pub fn browser_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
+pub fn browser_ui(ui: &mut egui::Ui, state: &AppState, cmds: &mut Vec<AppCommand>) {
     ui.heading("Studies");
-    if app.scan.patients.is_empty() {
+    if state.scan.patients.is_empty() {
         ui.label("Nothing open yet.");
     }
-    let mut open: Option<PathBuf> = None;
     egui::ScrollArea::vertical().show(ui, |ui| {
-        for p in &app.scan.patients {
+        for p in &state.scan.patients {
             let title = if p.name.is_empty() {
                 p.id.clone()
             } else {
@@ -209,16 +237,12 @@ pub fn browser_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
                 .default_open(true)
                 .show(ui, |ui| {
                     for s in &p.studies {
-                        let st = format!(
-                            "{} {}",
-                            s.date,
-                            if s.description.is_empty() {
-                                "Study"
-                            } else {
-                                &s.description
-                            }
-                        );
-                        egui::CollapsingHeader::new(st)
+                        let desc = if s.description.is_empty() {
+                            "Study"
+                        } else {
+                            &s.description
+                        };
+                        egui::CollapsingHeader::new(format!("{} {desc}", s.date))
                             .id_salt(("st", &s.uid))
                             .default_open(true)
                             .show(ui, |ui| {
@@ -233,69 +257,18 @@ pub fn browser_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
                                         .small(),
                                     );
                                     for inst in &se.instances {
-                                        if !inst.is_image {
-                                            ui.label(
-                                                RichText::new(format!(
-                                                    "  {} (not an image)",
-                                                    inst.kind
-                                                ))
-                                                .weak(),
-                                            );
-                                            continue;
-                                        }
-                                        let current = app.viewports[app.active].path.as_ref()
-                                            == Some(&inst.path);
-                                        let text = format!(
-                                            "#{} {} {}×{}{}",
-                                            inst.instance_number
-                                                .map(|n| n.to_string())
-                                                .unwrap_or_else(|| "–".into()),
-                                            inst.view,
-                                            inst.size.0,
-                                            inst.size.1,
-                                            if inst.frames > 1 {
-                                                format!(" · {} frames", inst.frames)
-                                            } else {
-                                                String::new()
-                                            }
-                                        );
-                                        let resp =
-                                            match app
-                                                .thumbnails
-                                                .get(&inst.path)
-                                                .and_then(|t| t.as_ref())
-                                            {
-                                                // image above its caption: beside it, the narrow
-                                                // panel would wrap the caption letter by letter
-                                                Some(tex) => {
-                                                    let r = ui
-                                                        .add(
-                                                            egui::Button::image(egui::Image::new(
-                                                                (tex.id(), tex.size_vec2()),
-                                                            ))
-                                                            .selected(current),
-                                                        )
-                                                        .on_hover_text(&text);
-                                                    ui.label(RichText::new(&text).small());
-                                                    r
-                                                }
-                                                None => ui
-                                                    .add(egui::Button::new(text).selected(current)),
-                                            };
-                                        if resp.clicked() {
-                                            open = Some(inst.path.clone());
-                                        }
+                                        instance_ui(ui, state, inst, cmds);
                                     }
                                 }
                             });
                     }
                 });
         }
-        if !app.scan.skipped.is_empty() {
-            egui::CollapsingHeader::new(format!("{} skipped", app.scan.skipped.len())).show(
+        if !state.scan.skipped.is_empty() {
+            egui::CollapsingHeader::new(format!("{} skipped", state.scan.skipped.len())).show(
                 ui,
                 |ui| {
-                    for s in &app.scan.skipped {
+                    for s in &state.scan.skipped {
                         ui.label(
                             RichText::new(format!("{}: {}", s.path.display(), s.reason))
                                 .small()
@@ -306,9 +279,48 @@ pub fn browser_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
             );
         }
     });
-    if let Some(p) = open {
-        let a = app.active;
-        app.show_file(a, p);
+}
+
+fn instance_ui(ui: &mut egui::Ui, state: &AppState, inst: &Instance, cmds: &mut Vec<AppCommand>) {
+    if !inst.is_image {
+        ui.label(RichText::new(format!("  {} (not an image)", inst.kind)).weak());
+        return;
+    }
+    let current = state.viewports[state.active].path.as_ref() == Some(&inst.path);
+    let text = format!(
+        "#{} {} {}×{}{}",
+        inst.instance_number
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "–".into()),
+        inst.view,
+        inst.size.0,
+        inst.size.1,
+        if inst.frames > 1 {
+            format!(" · {} frames", inst.frames)
+        } else {
+            String::new()
+        }
+    );
+    let resp = match state.thumbnails.get(&inst.path).and_then(|t| t.as_ref()) {
+        // image above its caption: beside it, the narrow panel would wrap the caption letter
+        // by letter
+        Some(tex) => {
+            let r = ui
+                .add(
+                    egui::Button::image(egui::Image::new((tex.id(), tex.size_vec2())))
+                        .selected(current),
+                )
+                .on_hover_text(&text);
+            ui.label(RichText::new(&text).small());
+            r
+        }
+        None => ui.add(egui::Button::new(text).selected(current)),
+    };
+    if resp.clicked() {
+        cmds.push(AppCommand::ShowFile(
+            state.active,
+            PathBuf::from(&inst.path),
+        ));
     }
 }
 
@@ -367,13 +379,13 @@ fn elements_ui(
 }
 
 /// The DICOM tag browser with search.
-pub fn tags_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
+pub fn tags_ui(ui: &mut egui::Ui, state: &AppState, filter: &mut String) {
     ui.heading("DICOM tags");
     ui.horizontal(|ui| {
         ui.label("Search");
-        ui.text_edit_singleline(&mut app.tag_filter);
+        ui.text_edit_singleline(filter);
     });
-    let vp = &app.viewports[app.active];
+    let vp = &state.viewports[state.active];
     let Some(img) = vp.image.as_ref() else {
         ui.label("No image.");
         return;
@@ -385,6 +397,6 @@ pub fn tags_ui(app: &mut LofiApp, ui: &mut egui::Ui) {
     egui::ScrollArea::both().show(ui, |ui| {
         let meta = file.obj.meta();
         ui.label(RichText::new(format!("Transfer syntax {}", meta.transfer_syntax())).small());
-        elements_ui(ui, &file.obj, &app.tag_filter, 0);
+        elements_ui(ui, &file.obj, filter, 0);
     });
 }

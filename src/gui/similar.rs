@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use egui::{RichText, Vec2};
 
-use super::jobs::{JobEvent, Jobs};
+use super::app::LofiApp;
+use super::command::AppCommand;
+use super::jobs::{JobEvent, Jobs, Picked};
 use crate::model::Lofi;
 use crate::store::index::{IndexOptions, IndexReport};
 use crate::store::{Filter, Hit, PriorStore};
@@ -55,14 +57,29 @@ pub struct Indexing {
     pub total: usize,
 }
 
-/// State of the panel.
-pub struct SimilarState {
+/// What the user types and sets in the panel.
+pub struct SimilarInputs {
     /// Text query.
     pub text: String,
     /// Cases to show.
     pub k: usize,
     /// Leave out the current patient's images.
     pub exclude_patient: bool,
+}
+
+impl Default for SimilarInputs {
+    fn default() -> Self {
+        Self {
+            text: String::new(),
+            k: 8,
+            exclude_patient: true,
+        }
+    }
+}
+
+/// State of the panel.
+#[derive(Default)]
+pub struct SimilarState {
     /// Results of the last search, best first.
     pub hits: Vec<SimilarHit>,
     /// What the results answer.
@@ -73,44 +90,30 @@ pub struct SimilarState {
     pub indexing: Option<Indexing>,
     /// Last error or notice.
     pub message: Option<String>,
-    /// Store size and model id, when known.
-    pub store_info: Option<(usize, Option<String>)>,
+    /// Store size and model id (or why they could not be read), when known.
+    pub store_info: Option<Result<(usize, Option<String>), String>>,
     /// The last region drawn on the active image (image pixels).
     pub region: Option<[f32; 4]>,
     /// A store-info request is in flight.
     pub info_pending: bool,
 }
 
-impl Default for SimilarState {
-    fn default() -> Self {
-        Self {
-            text: String::new(),
-            k: 8,
-            exclude_patient: true,
-            hits: Vec::new(),
-            answered: String::new(),
-            searching: None,
-            indexing: None,
-            message: None,
-            store_info: None,
-            region: None,
-            info_pending: false,
-        }
-    }
-}
-
 type Found = Vec<(Hit, Option<Vec<u8>>)>;
 
-enum SimilarEvent {
+/// What similar-cases jobs send back.
+pub enum SimilarEvent {
+    /// Search results (what was asked, hits with thumbnails).
     Hits(Result<(String, Found), String>),
+    /// Indexing progress.
     Progress(usize, usize),
+    /// Indexing ended.
     Indexed(Result<IndexReport, String>),
+    /// Store size and model.
     Info(Result<(usize, Option<String>), String>),
-    Folder(PathBuf),
 }
 
 fn send(h: &super::jobs::JobHandle, e: SimilarEvent) {
-    h.send(JobEvent::Other(Box::new(e)));
+    h.send(JobEvent::Similar(e));
 }
 
 impl SimilarState {
@@ -131,36 +134,20 @@ impl SimilarState {
         model: Arc<Lofi>,
         store: Arc<dyn PriorStore>,
         q: Query,
-        patient: Option<String>,
+        k: usize,
+        exclude: Option<Option<String>>,
     ) {
         if let Some(c) = self.searching.take() {
             c.cancel();
         }
-        let k = self.k;
         let what = q.describe();
-        let filter = Filter {
-            exclude_patient: if self.exclude_patient { patient } else { None },
-            ..Default::default()
-        };
         self.message = None;
         let cancel = jobs.spawn("similar-search", move |h| {
             let run = || -> Result<(String, Found), String> {
                 let emb = match &q {
                     Query::Image(g, _) => model.encode(g).map_err(|e| e.to_string())?.embedding,
                     Query::Region(g, b) => {
-                        let (w, hgt) = (g.width() as f32, g.height() as f32);
-                        let x1 = b[0].clamp(0.0, w - 1.0);
-                        let y1 = b[1].clamp(0.0, hgt - 1.0);
-                        let x2 = b[2].clamp(x1 + 1.0, w);
-                        let y2 = b[3].clamp(y1 + 1.0, hgt);
-                        let crop = image::imageops::crop_imm(
-                            g.as_ref(),
-                            x1 as u32,
-                            y1 as u32,
-                            (x2 - x1) as u32,
-                            (y2 - y1) as u32,
-                        )
-                        .to_image();
+                        let crop = crate::service::crop_region(g, *b);
                         model.encode(&crop).map_err(|e| e.to_string())?.embedding
                     }
                     Query::Text(t) => model.embed_text(t).map_err(|e| e.to_string())?,
@@ -168,10 +155,17 @@ impl SimilarState {
                 if h.cancel.is_cancelled() {
                     return Err("cancelled".into());
                 }
-                let bytes = match &q {
-                    Query::Image(_, Some(p)) => std::fs::read(p).ok(),
+                let file = match &q {
+                    Query::Image(_, Some(p)) => Some(p.as_path()),
                     _ => None,
                 };
+                // "exclude this patient": the image's own patient, else its stored record's
+                let filter = Filter {
+                    exclude_patient: exclude
+                        .and_then(|own| super::ai::resolve_patient(own, file, store.as_ref())),
+                    ..Default::default()
+                };
+                let bytes = file.and_then(|p| std::fs::read(p).ok());
                 let hits = match bytes {
                     Some(b) => crate::store::search_image_file(
                         store.as_ref(),
@@ -209,7 +203,7 @@ impl SimilarState {
                 .set_title("Index a folder of prior cases")
                 .pick_folder()
             {
-                send(&h, SimilarEvent::Folder(p));
+                h.send(JobEvent::Picked(Picked::IndexFolder(p)));
             }
         });
     }
@@ -245,21 +239,9 @@ impl SimilarState {
         });
     }
 
-    /// Take this panel's events out of the job stream; returns a folder to index when the user
-    /// picked one, and events that are not ours.
-    pub fn handle(
-        &mut self,
-        ev: JobEvent,
-        ctx: &egui::Context,
-    ) -> Result<Option<PathBuf>, JobEvent> {
-        let JobEvent::Other(b) = ev else {
-            return Err(ev);
-        };
-        let e = match b.downcast::<SimilarEvent>() {
-            Ok(e) => e,
-            Err(other) => return Err(JobEvent::Other(other)),
-        };
-        match *e {
+    /// Apply a similar-cases event.
+    pub fn handle(&mut self, ev: SimilarEvent, ctx: &egui::Context) {
+        match ev {
             SimilarEvent::Hits(r) => {
                 self.searching = None;
                 match r {
@@ -267,22 +249,15 @@ impl SimilarState {
                         self.answered = what;
                         self.hits = found
                             .into_iter()
-                            .map(|(hit, png)| {
-                                let thumb =
-                                    png.and_then(|p| image::load_from_memory(&p).ok())
-                                        .map(|img| {
-                                            let g = img.to_luma8();
-                                            let ci = egui::ColorImage::from_gray(
-                                                [g.width() as usize, g.height() as usize],
-                                                g.as_raw(),
-                                            );
-                                            ctx.load_texture(
-                                                format!("similar-{}", hit.record.id),
-                                                ci,
-                                                egui::TextureOptions::LINEAR,
-                                            )
-                                        });
-                                SimilarHit { hit, thumb }
+                            .map(|(hit, png)| SimilarHit {
+                                thumb: png.as_deref().and_then(|p| {
+                                    super::ai::png_texture(
+                                        ctx,
+                                        format!("similar-{}", hit.record.id),
+                                        p,
+                                    )
+                                }),
+                                hit,
                             })
                             .collect();
                         if self.hits.is_empty() {
@@ -313,55 +288,127 @@ impl SimilarState {
             }
             SimilarEvent::Info(r) => {
                 self.info_pending = false;
-                match r {
-                    Ok(i) => self.store_info = Some(i),
-                    Err(e) => {
-                        self.store_info = Some((0, None));
-                        self.message = Some(format!("prior-case store: {e}"));
-                    }
+                if let Err(e) = &r {
+                    tracing::error!("prior-case store: {e}");
                 }
+                self.store_info = Some(r);
             }
-            SimilarEvent::Folder(p) => return Ok(Some(p)),
         }
-        Ok(None)
     }
 }
 
-/// What the panel asks the app to do.
-#[derive(Default)]
-pub struct SimilarActions {
-    /// Search by the whole image.
-    pub by_image: bool,
-    /// Search by the last drawn region.
-    pub by_region: bool,
-    /// Search by the typed text.
-    pub by_text: bool,
-    /// Open this case two-up.
-    pub open: Option<PathBuf>,
-    /// Ask for a folder to index.
-    pub index_folder: bool,
+/// Scores printed with as many decimals (3 to 6) as it takes to tell neighbours apart.
+pub fn score_labels(scores: &[f32]) -> Vec<String> {
+    let mut decimals = 3;
+    while decimals < 6
+        && scores.windows(2).any(|w| {
+            w[0] != w[1] && format!("{:.*}", decimals, w[0]) == format!("{:.*}", decimals, w[1])
+        })
+    {
+        decimals += 1;
+    }
+    scores.iter().map(|s| format!("{s:.decimals$}")).collect()
 }
 
+impl LofiApp {
+    /// Similar-cases commands.
+    pub(crate) fn apply_similar(&mut self, c: AppCommand) {
+        let a = self.state.active;
+        let (Some(model), Some(store)) = (self.state.ai.model.clone(), self.state.ai.store.clone())
+        else {
+            if matches!(
+                c,
+                AppCommand::SimilarByImage
+                    | AppCommand::SimilarByRegion
+                    | AppCommand::SimilarByText
+                    | AppCommand::IndexFolder(_)
+            ) {
+                self.state.similar.message = Some("no model or no store yet".into());
+            }
+            return;
+        };
+        let inputs = &self.inputs.similar;
+        let exclude = inputs.exclude_patient.then(|| self.state.patient_of(a));
+        let k = inputs.k;
+        let query = match c {
+            AppCommand::SimilarByImage => {
+                let path = self.state.viewports[a].path.clone();
+                self.state
+                    .model_input(a)
+                    .map(|(_, g)| Query::Image(g, path))
+            }
+            AppCommand::SimilarByRegion => {
+                match (self.state.model_input(a), self.state.similar.region) {
+                    (Some((_, g)), Some(b)) => Some(Query::Region(g, b)),
+                    _ => None,
+                }
+            }
+            AppCommand::SimilarByText => Some(Query::Text(inputs.text.trim().to_string())),
+            AppCommand::Compare(p) => {
+                self.state.settings.two_up = true;
+                self.state.settings.sync = true;
+                self.show_file(1, p);
+                None
+            }
+            AppCommand::IndexFolderDialog => {
+                self.state.similar.pick_folder(&self.jobs);
+                None
+            }
+            AppCommand::IndexFolder(dir) => {
+                self.state
+                    .similar
+                    .index_folder(&self.jobs, model.clone(), store.clone(), dir);
+                None
+            }
+            AppCommand::CancelIndexing => {
+                if let Some(i) = &self.state.similar.indexing {
+                    i.cancel.cancel();
+                }
+                None
+            }
+            other => {
+                tracing::debug!("command not handled: {other:?}");
+                None
+            }
+        };
+        if let Some(q) = query {
+            self.state
+                .similar
+                .search(&self.jobs, model, store, q, k, exclude);
+        }
+    }
+}
+
+const ERROR: egui::Color32 = egui::Color32::from_rgb(240, 120, 110);
+
 /// Draw the panel. `ready` says whether a model and a store are loaded.
-pub fn similar_ui(s: &mut SimilarState, ui: &mut egui::Ui, ready: bool) -> SimilarActions {
-    let mut act = SimilarActions::default();
+pub fn similar_ui(
+    ui: &mut egui::Ui,
+    s: &SimilarState,
+    inputs: &mut SimilarInputs,
+    ready: bool,
+    cmds: &mut Vec<AppCommand>,
+) {
     match &s.store_info {
-        Some((n, model)) => {
+        Some(Ok((n, model))) => {
             ui.label(format!(
                 "Store: {n} cases · model {}",
                 model.as_deref().unwrap_or("none yet")
             ));
         }
+        Some(Err(e)) => {
+            ui.label(RichText::new(format!("Store error: {e}")).color(ERROR));
+        }
         None => {
             ui.label(RichText::new("Store: not open").weak());
         }
     }
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         if ui
             .add_enabled(ready, egui::Button::new("Similar to this image"))
             .clicked()
         {
-            act.by_image = true;
+            cmds.push(AppCommand::SimilarByImage);
         }
         let region = ready && s.region.is_some();
         if ui
@@ -369,35 +416,43 @@ pub fn similar_ui(s: &mut SimilarState, ui: &mut egui::Ui, ready: bool) -> Simil
             .on_disabled_hover_text("Draw a region first (D)")
             .clicked()
         {
-            act.by_region = true;
+            cmds.push(AppCommand::SimilarByRegion);
         }
     });
     ui.horizontal(|ui| {
         let label = ui.label("Text");
         let r = ui
             .add(
-                egui::TextEdit::singleline(&mut s.text)
+                egui::TextEdit::singleline(&mut inputs.text)
                     .hint_text("e.g. pleural effusion")
                     .desired_width(180.0)
                     .id_salt("similar-text"),
             )
             .labelled_by(label.id);
         let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        if ui
-            .add_enabled(
-                ready && !s.text.trim().is_empty(),
-                egui::Button::new("Search"),
-            )
-            .clicked()
-            || (enter && ready && !s.text.trim().is_empty())
-        {
-            act.by_text = true;
+        let can = ready && !inputs.text.trim().is_empty();
+        if ui.add_enabled(can, egui::Button::new("Search")).clicked() || (enter && can) {
+            cmds.push(AppCommand::SimilarByText);
         }
     });
-    ui.horizontal(|ui| {
-        ui.add(egui::Slider::new(&mut s.k, 1..=32).text("cases"));
-        ui.checkbox(&mut s.exclude_patient, "exclude this patient");
+    ui.horizontal_wrapped(|ui| {
+        ui.add(egui::Slider::new(&mut inputs.k, 1..=32).text("cases"));
+        ui.checkbox(&mut inputs.exclude_patient, "exclude this patient");
     });
+    indexing_ui(ui, s, ready, cmds);
+    if s.searching.is_some() {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label("searching…");
+        });
+    }
+    if let Some(m) = &s.message {
+        ui.label(RichText::new(m).weak());
+    }
+    hits_ui(ui, s, cmds);
+}
+
+fn indexing_ui(ui: &mut egui::Ui, s: &SimilarState, ready: bool, cmds: &mut Vec<AppCommand>) {
     ui.horizontal(|ui| {
         if ui
             .add_enabled(
@@ -406,7 +461,7 @@ pub fn similar_ui(s: &mut SimilarState, ui: &mut egui::Ui, ready: bool) -> Simil
             )
             .clicked()
         {
-            act.index_folder = true;
+            cmds.push(AppCommand::IndexFolderDialog);
         }
         if let Some(i) = &s.indexing {
             let frac = if i.total > 0 {
@@ -420,73 +475,88 @@ pub fn similar_ui(s: &mut SimilarState, ui: &mut egui::Ui, ready: bool) -> Simil
                     .text(format!("{}/{}", i.done, i.total)),
             );
             if ui.button("Cancel").clicked() {
-                i.cancel.cancel();
+                cmds.push(AppCommand::CancelIndexing);
             }
         }
     });
-    if s.searching.is_some() {
-        ui.horizontal(|ui| {
-            ui.spinner();
-            ui.label("searching…");
-        });
+}
+
+fn hits_ui(ui: &mut egui::Ui, s: &SimilarState, cmds: &mut Vec<AppCommand>) {
+    if s.hits.is_empty() {
+        return;
     }
-    if let Some(m) = &s.message {
-        ui.label(RichText::new(m).weak());
-    }
-    if !s.hits.is_empty() {
-        ui.label(RichText::new(format!("Nearest to {}", s.answered)).strong());
-        egui::ScrollArea::vertical()
-            .id_salt("similar-hits")
-            .max_height(360.0)
-            .show(ui, |ui| {
-                for (i, h) in s.hits.iter().enumerate() {
-                    let r = &h.hit.record;
-                    ui.horizontal(|ui| {
-                        if let Some(t) = &h.thumb {
-                            let img = ui.add(
-                                egui::Image::new((t.id(), Vec2::new(64.0, 64.0)))
-                                    .sense(egui::Sense::click()),
-                            );
-                            if img
-                                .on_hover_text("Open two-up beside the current image")
-                                .clicked()
-                            {
-                                act.open = Some(PathBuf::from(&r.meta.path));
-                            }
+    ui.label(RichText::new(format!("Nearest to {}", s.answered)).strong());
+    let scores: Vec<f32> = s.hits.iter().map(|h| h.hit.score).collect();
+    let score_text = score_labels(&scores);
+    egui::ScrollArea::vertical()
+        .id_salt("similar-hits")
+        .max_height(360.0)
+        .show(ui, |ui| {
+            for (i, (h, score)) in s.hits.iter().zip(&score_text).enumerate() {
+                let r = &h.hit.record;
+                let open = AppCommand::Compare(PathBuf::from(&r.meta.path));
+                ui.horizontal(|ui| {
+                    if let Some(t) = &h.thumb {
+                        let img = ui.add(
+                            egui::Image::new((t.id(), Vec2::new(64.0, 64.0)))
+                                .sense(egui::Sense::click()),
+                        );
+                        if img
+                            .on_hover_text("Open two-up beside the current image")
+                            .clicked()
+                        {
+                            cmds.push(open.clone());
                         }
-                        ui.vertical(|ui| {
-                            let name = std::path::Path::new(&r.meta.path)
-                                .file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
-                                .unwrap_or_default();
-                            ui.label(
-                                RichText::new(format!("{}. {name} · {:.3}", i + 1, h.hit.score))
-                                    .strong(),
-                            );
-                            let labels = if r.meta.labels.is_empty() {
-                                "no labels".to_string()
-                            } else {
-                                r.meta.labels.join(", ")
-                            };
-                            ui.label(
-                                RichText::new(format!("patient {} · {labels}", r.meta.patient_id))
-                                    .small(),
-                            );
-                            if let Some(rep) = &r.meta.report {
-                                let snippet: String = rep.chars().take(90).collect();
-                                ui.label(RichText::new(snippet).small().weak());
-                            }
-                            if ui
-                                .small_button("Compare")
-                                .on_hover_text("Open two-up beside the current image")
-                                .clicked()
-                            {
-                                act.open = Some(PathBuf::from(&r.meta.path));
-                            }
-                        });
+                    }
+                    ui.vertical(|ui| {
+                        let name = std::path::Path::new(&r.meta.path)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        ui.add(
+                            egui::Label::new(
+                                RichText::new(format!("{}. {name} · {score}", i + 1)).strong(),
+                            )
+                            .truncate(),
+                        );
+                        let labels = if r.meta.labels.is_empty() {
+                            "no labels".to_string()
+                        } else {
+                            r.meta.labels.join(", ")
+                        };
+                        ui.label(
+                            RichText::new(format!("patient {} · {labels}", r.meta.patient_id))
+                                .small(),
+                        );
+                        if let Some(rep) = &r.meta.report {
+                            let snippet: String = rep.chars().take(90).collect();
+                            ui.label(RichText::new(snippet).small().weak());
+                        }
+                        if ui
+                            .small_button("Compare")
+                            .on_hover_text("Open two-up beside the current image")
+                            .clicked()
+                        {
+                            cmds.push(open.clone());
+                        }
                     });
-                }
-            });
+                });
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::score_labels;
+
+    #[test]
+    fn scores_get_the_decimals_that_tell_them_apart() {
+        assert_eq!(score_labels(&[0.91, 0.5]), ["0.910", "0.500"]);
+        assert_eq!(
+            score_labels(&[1.0, 0.99991, 0.99987]),
+            ["1.00000", "0.99991", "0.99987"]
+        );
+        // equal scores do not force more decimals
+        assert_eq!(score_labels(&[0.5, 0.5]), ["0.500", "0.500"]);
     }
-    act
 }

@@ -16,6 +16,7 @@ pub mod image;
 pub mod load;
 pub mod nn;
 pub mod params;
+pub mod presets;
 pub mod projector;
 pub mod prompt;
 pub mod tasks;

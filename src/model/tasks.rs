@@ -47,6 +47,8 @@ pub struct EncodedImage {
     pub prefix: Tensor,
     /// L2-normalised pooled embedding.
     pub embedding: Vec<f32>,
+    /// The backbone's patch tokens, mean-pooled, before any trained head (linear-probe features).
+    pub backbone_mean: Vec<f32>,
 }
 
 /// A box in original image pixels with a confidence in (0, 1].
@@ -228,6 +230,7 @@ impl Lofi {
         let px = Tensor::cat(&px, 0)?;
         let out = self.model.encode_images(&px)?;
         let prefix = self.model.projector.forward(&out.tokens)?;
+        let backbone_mean = out.tokens.mean(1)?.to_dtype(DType::F32)?;
         let pooled = match out.pooled {
             Some(p) => p,
             None => out.tokens.mean(1)?,
@@ -244,6 +247,7 @@ impl Lofi {
                 letterbox: lb,
                 prefix: prefix.i(i..i + 1)?,
                 embedding: emb.i(i)?.to_vec1()?,
+                backbone_mean: backbone_mean.i(i)?.to_vec1()?,
             });
         }
         Ok(res)

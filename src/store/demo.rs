@@ -35,7 +35,7 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
 }
 
 /// A PNG thumbnail (128 px on the long side), as the store keeps for every record.
-pub fn thumbnail_png(gray: &image::GrayImage) -> Result<Vec<u8>, String> {
+pub fn thumbnail_png(gray: &image::GrayImage) -> Result<Vec<u8>, image::ImageError> {
     let img = resize_long_side(gray, 128);
     encode(&img, image::ImageFormat::Png)
 }
@@ -52,11 +52,10 @@ fn resize_long_side(gray: &image::GrayImage, side: u32) -> image::GrayImage {
     )
 }
 
-fn encode(img: &image::GrayImage, fmt: image::ImageFormat) -> Result<Vec<u8>, String> {
+fn encode(img: &image::GrayImage, fmt: image::ImageFormat) -> Result<Vec<u8>, image::ImageError> {
     let mut out = Vec::new();
     image::DynamicImage::ImageLuma8(img.clone())
-        .write_to(&mut std::io::Cursor::new(&mut out), fmt)
-        .map_err(|e| e.to_string())?;
+        .write_to(&mut std::io::Cursor::new(&mut out), fmt)?;
     Ok(out)
 }
 
@@ -77,7 +76,7 @@ pub fn build(
     let mut dim = 0;
     for (i, chunk) in manifest.records.chunks(8).enumerate() {
         if cancel.is_cancelled() {
-            return Err(StoreError::Db("cancelled".into()));
+            return Err(StoreError::Cancelled);
         }
         let mut grays = Vec::with_capacity(chunk.len());
         let mut hashes = Vec::with_capacity(chunk.len());
@@ -86,14 +85,14 @@ pub fn build(
             let bytes = std::fs::read(&p).map_err(io(format!("reading {}", p.display())))?;
             hashes.push(crate::util::sha256_hex(&bytes));
             grays.push(
-                crate::dicom::load_gray8(&p)
-                    .map_err(|e| StoreError::Db(format!("{}: {e}", p.display())))?,
+                crate::dicom::load_gray8(&p).map_err(|source| StoreError::Image {
+                    path: p.clone(),
+                    source,
+                })?,
             );
         }
         let refs: Vec<&image::GrayImage> = grays.iter().collect();
-        let enc = lofi
-            .encode_batch(&refs)
-            .map_err(|e| StoreError::Db(e.to_string()))?;
+        let enc = lofi.encode_batch(&refs)?;
         for ((r, g), (e, hash)) in chunk.iter().zip(&grays).zip(enc.iter().zip(hashes)) {
             dim = e.embedding.len();
             emb.extend_from_slice(&e.embedding);
@@ -109,7 +108,7 @@ pub fn build(
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| format!("{}", lines.len()));
             let rel = format!("images/{stem}.jpg");
-            let jpg = encode(&small, image::ImageFormat::Jpeg).map_err(StoreError::Db)?;
+            let jpg = encode(&small, image::ImageFormat::Jpeg).map_err(StoreError::Encode)?;
             crate::util::atomic_write(&out.join(&rel), &jpg)
                 .map_err(io(format!("writing {rel}")))?;
             let regions = r
@@ -133,18 +132,17 @@ pub fn build(
                 content_hash: hash,
                 ..Default::default()
             };
-            lines.push(serde_json::to_string(&meta).map_err(|e| StoreError::Db(e.to_string()))?);
+            lines.push(serde_json::to_string(&meta)?);
         }
         progress(((i + 1) * 8).min(n), n);
     }
     let t = Tensor::from_vec(emb, (lines.len(), dim), &Device::Cpu)
         .and_then(|t| t.to_dtype(DType::F16))
-        .map_err(|e| StoreError::Db(e.to_string()))?;
+        .map_err(crate::model::ModelError::from)?;
     crate::model::save_safetensors(
         &[("embeddings".into(), t)],
         &out.join("embeddings.safetensors"),
-    )
-    .map_err(|e| StoreError::Db(e.to_string()))?;
+    )?;
     let mut text = Vec::new();
     for l in &lines {
         writeln!(text, "{l}").map_err(io("priors.jsonl".into()))?;
@@ -195,7 +193,7 @@ pub fn load(dir: &Path) -> Result<Vec<NewRecord>, StoreError> {
         e.iter_mut().for_each(|v| *v /= n);
         out.push(NewRecord {
             embedding: e,
-            thumbnail_png: thumbnail_png(&gray).map_err(StoreError::Db)?,
+            thumbnail_png: thumbnail_png(&gray).map_err(StoreError::Encode)?,
             meta,
         });
     }

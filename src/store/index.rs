@@ -116,7 +116,7 @@ fn decode(path: &Path) -> Result<(String, Decoded), String> {
         invert: false,
     };
     let gray = crate::dicom::lut::render(frame, &img.info, &p).to_luma8();
-    let thumb = super::demo::thumbnail_png(&gray)?;
+    let thumb = super::demo::thumbnail_png(&gray).map_err(|e| e.to_string())?;
     let i = &img.info;
     let ids = if img.dicom.is_some() {
         (
@@ -305,9 +305,7 @@ pub fn reembed(
             }
         }
         let refs: Vec<&image::GrayImage> = imgs.iter().collect();
-        let enc = lofi
-            .encode_batch(&refs)
-            .map_err(|e| StoreError::Db(e.to_string()))?;
+        let enc = lofi.encode_batch(&refs)?;
         let updates: Vec<(i64, Vec<f32>)> = ids
             .into_iter()
             .zip(enc)

@@ -61,8 +61,22 @@ fn str_of(m: &serde_json::Map<String, Value>, k: &str) -> String {
         .to_string()
 }
 
-fn info_of(m: &serde_json::Map<String, Value>) -> RecordInfo {
-    RecordInfo {
+/// A JSON-encoded field of a row; a damaged one is an error naming the record, never "empty".
+fn json_field<T: serde::de::DeserializeOwned>(
+    m: &serde_json::Map<String, Value>,
+    k: &str,
+) -> Result<T, StoreError> {
+    let raw = str_of(m, k);
+    serde_json::from_str(&raw).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "record {}: {k} is not valid JSON ({e})",
+            m.get("id").and_then(|v| v.as_i64()).unwrap_or_default()
+        ))
+    })
+}
+
+fn info_of(m: &serde_json::Map<String, Value>) -> Result<RecordInfo, StoreError> {
+    Ok(RecordInfo {
         id: m.get("id").and_then(|v| v.as_i64()).unwrap_or_default(),
         meta: RecordMeta {
             model_id: str_of(m, "model_id"),
@@ -71,13 +85,13 @@ fn info_of(m: &serde_json::Map<String, Value>) -> RecordInfo {
             series_uid: str_of(m, "series_uid"),
             sop_uid: str_of(m, "sop_uid"),
             view: str_of(m, "view"),
-            labels: serde_json::from_str(&str_of(m, "labels")).unwrap_or_default(),
+            labels: json_field(m, "labels")?,
             report: Some(str_of(m, "report")).filter(|r| !r.is_empty()),
-            regions: serde_json::from_str(&str_of(m, "regions")).unwrap_or_default(),
+            regions: json_field(m, "regions")?,
             path: str_of(m, "path"),
             content_hash: str_of(m, "content_hash"),
         },
-    }
+    })
 }
 
 impl MilvusStore {
@@ -447,10 +461,14 @@ impl PriorStore for MilvusStore {
             let n_rows = rows.len();
             let hits: Vec<Hit> = rows
                 .into_iter()
-                .map(|m| Hit {
-                    score: m.get("score").and_then(|v| v.as_f64()).unwrap_or_default() as f32,
-                    record: info_of(&m),
+                .map(|m| {
+                    Ok(Hit {
+                        score: m.get("score").and_then(|v| v.as_f64()).unwrap_or_default() as f32,
+                        record: info_of(&m)?,
+                    })
                 })
+                .collect::<Result<Vec<Hit>, StoreError>>()?
+                .into_iter()
                 .filter(|h| {
                     filter.accepts(
                         &h.record.meta.patient_id,
@@ -479,7 +497,9 @@ impl PriorStore for MilvusStore {
                 out.len(),
             )?;
             let n = rows.len();
-            out.extend(rows.iter().map(info_of));
+            for r in &rows {
+                out.push(info_of(r)?);
+            }
             if n < page || out.len() + page > 16_384 {
                 break;
             }

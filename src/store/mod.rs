@@ -43,7 +43,27 @@ pub enum StoreError {
     },
     /// Database error.
     #[error("store database: {0}")]
-    Db(String),
+    Db(#[source] rusqlite::Error),
+    /// The model failed while embedding.
+    #[error("embedding: {0}")]
+    Model(#[from] crate::model::ModelError),
+    /// A stored or bundled image could not be read.
+    #[error("{path}: {source}")]
+    Image {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: crate::dicom::DicomError,
+    },
+    /// A thumbnail could not be encoded.
+    #[error("thumbnail: {0}")]
+    Encode(#[from] image::ImageError),
+    /// JSON could not be written or read.
+    #[error("store JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The user cancelled.
+    #[error("cancelled")]
+    Cancelled,
     /// Server error (Milvus).
     #[error("store server: {0}")]
     Server(String),
@@ -349,9 +369,7 @@ pub fn icl_shots(
                 continue;
             }
         };
-        let enc = lofi
-            .encode(&img)
-            .map_err(|e| StoreError::Db(e.to_string()))?;
+        let enc = lofi.encode(&img)?;
         let boxes = h
             .record
             .meta
@@ -371,6 +389,23 @@ pub fn icl_shots(
         });
     }
     Ok(out)
+}
+
+/// The patient of the stored record of the file with these bytes (found by content hash), if
+/// the store holds it with a patient ID.
+pub fn patient_of_file(
+    store: &dyn PriorStore,
+    file_bytes: &[u8],
+) -> Result<Option<String>, StoreError> {
+    let hash = crate::util::sha256_hex(file_bytes);
+    if !store.has_hash(&hash)? {
+        return Ok(None);
+    }
+    Ok(store
+        .records()?
+        .into_iter()
+        .find(|r| r.meta.content_hash == hash && !r.meta.patient_id.is_empty())
+        .map(|r| r.meta.patient_id))
 }
 
 /// Search by an image file: the nearest records, best first, with the file itself ranked first

@@ -28,7 +28,10 @@ fn db(e: rusqlite::Error) -> StoreError {
         {
             StoreError::Corrupt(e.to_string())
         }
-        _ => StoreError::Db(e.to_string()),
+        rusqlite::Error::FromSqlConversionFailure(_, _, inner) => {
+            StoreError::Corrupt(inner.to_string())
+        }
+        _ => StoreError::Db(e),
     }
 }
 
@@ -195,8 +198,13 @@ impl SqliteStore {
                     emb.len()
                 )));
             }
-            let labels: Vec<String> =
-                serde_json::from_str(&r.get::<_, String>(4).map_err(db)?).unwrap_or_default();
+            let labels: Vec<String> = serde_json::from_str(&r.get::<_, String>(4).map_err(db)?)
+                .map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "record {}: labels are not valid JSON ({e})",
+                        r.get::<_, i64>(0).unwrap_or_default()
+                    ))
+                })?;
             let regions: String = r.get(5).map_err(db)?;
             cache.data.extend_from_slice(&emb);
             cache.rows.push(Row {
@@ -269,9 +277,9 @@ impl SqliteStore {
                 series_uid: r.get(4)?,
                 sop_uid: r.get(5)?,
                 view: r.get(6)?,
-                labels: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
+                labels: json_column(r, 7)?,
                 report: r.get(8)?,
-                regions: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+                regions: json_column(r, 9)?,
                 path: r.get(10)?,
                 content_hash: r.get(11)?,
             },
@@ -280,6 +288,22 @@ impl SqliteStore {
 
     const INFO_COLS: &'static str =
         "id, model_id, patient_id, study_uid, series_uid, sop_uid, view, labels, report, regions, path, content_hash";
+}
+
+/// A JSON-encoded column; damage is a conversion error naming the record, never "empty".
+fn json_column<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+) -> rusqlite::Result<T> {
+    let raw: String = r.get(idx)?;
+    serde_json::from_str(&raw).map_err(|e| {
+        let id: i64 = r.get(0).unwrap_or_default();
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            format!("record {id}: column {idx} is not valid JSON ({e})").into(),
+        )
+    })
 }
 
 /// Header `"{covered} {fingerprint}\n"` then the graph.

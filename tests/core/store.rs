@@ -191,6 +191,55 @@ fn milvus_store_passes_the_suite() {
 }
 
 #[test]
+fn a_damaged_json_field_is_an_error_not_no_labels() {
+    let d = tempfile::tempdir().unwrap();
+    let data = random_unit_vectors(3, 8, 2);
+    {
+        let s = SqliteStore::open(d.path()).unwrap();
+        let recs: Vec<NewRecord> = (0..3)
+            .map(|i| rec(i, &data[i * 8..(i + 1) * 8], "m@1"))
+            .collect();
+        s.insert(&recs).unwrap();
+    }
+    {
+        let c = rusqlite::Connection::open(d.path().join("store.sqlite")).unwrap();
+        c.execute(
+            r#"UPDATE records SET labels = '["Effusion", oops' WHERE id = (SELECT MIN(id) FROM records)"#,
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(d.path()).unwrap();
+    match s.records() {
+        Err(StoreError::Corrupt(m)) => assert!(m.contains("not valid JSON"), "{m}"),
+        other => panic!("expected a corrupt-store error, got {other:?}"),
+    }
+    match s.search(&data[..8], "m@1", 3, &Filter::default()) {
+        Err(StoreError::Corrupt(m)) => assert!(m.contains("labels"), "{m}"),
+        other => panic!(
+            "expected a corrupt-store error, got {:?}",
+            other.map(|h| h.len())
+        ),
+    }
+}
+
+#[test]
+fn the_patient_of_a_stored_file_is_found_by_content() {
+    let d = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(d.path()).unwrap();
+    let mut r = rec(1, &random_unit_vectors(1, 8, 3), "m@1");
+    r.meta.patient_id = "72".into();
+    r.meta.content_hash = lofi_viewer::util::sha256_hex(b"the file's bytes");
+    s.insert(&[r]).unwrap();
+    let found = lofi_viewer::store::patient_of_file(&s, b"the file's bytes").unwrap();
+    assert_eq!(found.as_deref(), Some("72"));
+    assert_eq!(
+        lofi_viewer::store::patient_of_file(&s, b"other bytes").unwrap(),
+        None
+    );
+}
+
+#[test]
 fn damaged_store_gives_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
     {

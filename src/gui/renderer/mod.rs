@@ -12,8 +12,11 @@ use crate::dicom::lut::{output_inverted, padding_range};
 use crate::dicom::object::{ImageInfo, VoiFunction};
 use crate::dicom::{DisplayParams, Frame, Pixels, Voi};
 
+mod headless;
+pub use headless::HeadlessGpu;
+
 /// The WGSL source (validated by naga in tests).
-pub const SHADER: &str = include_str!("../../shaders/window_level.wgsl");
+pub const SHADER: &str = include_str!("../../../shaders/window_level.wgsl");
 
 /// Uniform block; mirrors `Params` in the shader.
 #[repr(C)]
@@ -279,28 +282,18 @@ impl ImageRenderer {
                 self.max_texture_side
             ));
         }
+        let r32 = |label: &str, size: (u32, u32), bytes: &[u8]| {
+            make_texture(device, queue, label, size, wgpu::TextureFormat::R32Float, bytes, 4)
+        };
+        let rgba8 = |label: &str, size: (u32, u32), bytes: &[u8]| {
+            make_texture(device, queue, label, size, wgpu::TextureFormat::Rgba8Unorm, bytes, 4)
+        };
         let (grey, rgb) = match &frame.pixels {
             Pixels::Mono(v) => {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
                 (
-                    make_texture(
-                        device,
-                        queue,
-                        "stored values",
-                        (w, h),
-                        wgpu::TextureFormat::R32Float,
-                        &bytes,
-                        4,
-                    ),
-                    make_texture(
-                        device,
-                        queue,
-                        "rgb (unused)",
-                        (1, 1),
-                        wgpu::TextureFormat::Rgba8Unorm,
-                        &[0; 4],
-                        4,
-                    ),
+                    r32("stored values", (w, h), &bytes),
+                    rgba8("rgb (unused)", (1, 1), &[0; 4]),
                 )
             }
             Pixels::Rgb(v) => {
@@ -309,48 +302,16 @@ impl ImageRenderer {
                     .flat_map(|c| [c[0], c[1], c[2], 255])
                     .collect();
                 (
-                    make_texture(
-                        device,
-                        queue,
-                        "grey (unused)",
-                        (1, 1),
-                        wgpu::TextureFormat::R32Float,
-                        &[0; 4],
-                        4,
-                    ),
-                    make_texture(
-                        device,
-                        queue,
-                        "rgb",
-                        (w, h),
-                        wgpu::TextureFormat::Rgba8Unorm,
-                        &rgba,
-                        4,
-                    ),
+                    r32("grey (unused)", (1, 1), &[0; 4]),
+                    rgba8("rgb", (w, h), &rgba),
                 )
             }
         };
         let (mn, mb) = lut_bytes(info.modality_lut.as_ref());
-        let mlut = make_texture(
-            device,
-            queue,
-            "modality LUT",
-            (mn, 1),
-            wgpu::TextureFormat::R32Float,
-            &mb,
-            4,
-        );
+        let mlut = r32("modality LUT", (mn, 1), &mb);
         // the VOI LUT texture holds the file's first VOI LUT; other choices re-upload
         let (vn, vb) = lut_bytes(info.voi_luts.first());
-        let vlut = make_texture(
-            device,
-            queue,
-            "VOI LUT",
-            (vn, 1),
-            wgpu::TextureFormat::R32Float,
-            &vb,
-            4,
-        );
+        let vlut = r32("VOI LUT", (vn, 1), &vb);
         let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("window_level uniforms"),
             size: std::mem::size_of::<Uniforms>() as u64,
@@ -449,140 +410,52 @@ impl egui_wgpu::CallbackTrait for ImageCallback {
     }
 }
 
-/// A headless GPU (for tests and for rendering without a window).
-pub struct HeadlessGpu {
-    /// Device.
-    pub device: wgpu::Device,
-    /// Queue.
-    pub queue: wgpu::Queue,
-    /// Adapter description.
-    pub adapter_name: String,
+/// A paint callback that first uploads the image when its GPU slot holds another one, then draws
+/// it (what the viewport paints).
+pub struct UploadingCallback {
+    /// GPU slot (one per pane).
+    pub slot: u32,
+    /// Key, image and frame to show.
+    pub image: (u64, std::sync::Arc<crate::dicom::LoadedImage>, usize),
+    /// The draw.
+    pub draw: ImageCallback,
 }
 
-impl HeadlessGpu {
-    /// Open the first adapter wgpu finds (Vulkan/lavapipe on a headless Linux box).
-    pub fn new() -> Result<Self, String> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            ..Default::default()
-        }))
-        .map_err(|e| format!("no GPU adapter: {e}"))?;
-        let adapter_name = adapter.get_info().name;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("lofi headless device"),
-            required_limits: adapter.limits(),
-            ..Default::default()
-        }))
-        .map_err(|e| format!("no GPU device: {e}"))?;
-        Ok(Self {
-            device,
-            queue,
-            adapter_name,
-        })
-    }
-
-    /// Render a frame at 1:1 through the shader and read the 8-bit grey result back.
-    pub fn render(
+impl egui_wgpu::CallbackTrait for UploadingCallback {
+    fn prepare(
         &self,
-        frame: &Frame,
-        info: &ImageInfo,
-        p: &DisplayParams,
-    ) -> Result<image::GrayImage, String> {
-        let fmt = wgpu::TextureFormat::Rgba8Unorm;
-        let mut r = ImageRenderer::new(&self.device, fmt);
-        r.upload(&self.device, &self.queue, 0, 1, frame, info)?;
-        let u = Uniforms::new(info, frame, p).with_rgb_invert(p.invert);
-        r.write_uniforms(&self.queue, 0, &u);
-        let (w, h) = (frame.width, frame.height);
-        let target = self.device.create_texture(&wgpu::TextureDescriptor {
-            label: Some("offscreen target"),
-            size: wgpu::Extent3d {
-                width: w,
-                height: h,
-                depth_or_array_layers: 1,
-            },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format: fmt,
-            usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
-            view_formats: &[],
-        });
-        let view = target.create_view(&wgpu::TextureViewDescriptor::default());
-        let row = (w * 4).div_ceil(256) * 256;
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: row as u64 * h as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("offscreen"),
-            });
-        {
-            let mut pass = enc.begin_render_pass(&wgpu::RenderPassDescriptor {
-                label: Some("offscreen pass"),
-                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                    view: &view,
-                    depth_slice: None,
-                    resolve_target: None,
-                    ops: wgpu::Operations {
-                        load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
-                        store: wgpu::StoreOp::Store,
-                    },
-                })],
-                ..Default::default()
-            });
-            r.draw(&mut pass, 0);
-        }
-        enc.copy_texture_to_buffer(
-            wgpu::TexelCopyTextureInfo {
-                texture: &target,
-                mip_level: 0,
-                origin: wgpu::Origin3d::ZERO,
-                aspect: wgpu::TextureAspect::All,
-            },
-            wgpu::TexelCopyBufferInfo {
-                buffer: &buf,
-                layout: wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: Some(row),
-                    rows_per_image: Some(h),
-                },
-            },
-            wgpu::Extent3d {
-                width: w,
-                height: h,
-                depth_or_array_layers: 1,
-            },
-        );
-        self.queue.submit([enc.finish()]);
-        let slice = buf.slice(..);
-        slice.map_async(wgpu::MapMode::Read, |_| {});
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: None,
-            })
-            .map_err(|e| format!("GPU readback: {e}"))?;
-        let data = slice
-            .get_mapped_range()
-            .map_err(|e| format!("GPU readback: {e}"))?;
-        let mut out = Vec::with_capacity((w * h) as usize);
-        for y in 0..h as usize {
-            let r = &data[y * row as usize..];
-            for x in 0..w as usize {
-                out.push(r[x * 4]);
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        screen: &egui_wgpu::ScreenDescriptor,
+        encoder: &mut wgpu::CommandEncoder,
+        resources: &mut egui_wgpu::CallbackResources,
+    ) -> Vec<wgpu::CommandBuffer> {
+        let (key, img, frame) = &self.image;
+        if let Some(r) = resources.get_mut::<ImageRenderer>() {
+            if !r.holds(self.slot, *key) {
+                if let Some(f) = img.frames.get(*frame) {
+                    if let Err(e) = r.upload(device, queue, self.slot, *key, f, &img.info) {
+                        tracing::error!("GPU upload failed: {e}");
+                    }
+                }
             }
         }
-        drop(data);
-        buf.unmap();
-        image::GrayImage::from_raw(w, h, out).ok_or_else(|| "readback size".to_string())
+        self.draw.prepare(device, queue, screen, encoder, resources)
+    }
+
+    fn paint(
+        &self,
+        info: egui::PaintCallbackInfo,
+        pass: &mut wgpu::RenderPass<'static>,
+        resources: &egui_wgpu::CallbackResources,
+    ) {
+        self.draw.paint(info, pass, resources)
+    }
+}
+
+impl UploadingCallback {
+    /// The egui shape that runs this callback over `rect`.
+    pub fn into_shape(self, rect: egui::Rect) -> egui::Shape {
+        egui::Shape::Callback(egui_wgpu::Callback::new_paint_callback(rect, self))
     }
 }
