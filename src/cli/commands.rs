@@ -324,6 +324,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             shots_from,
             shot_mode,
             baseline_from,
+            probe_l2,
         } => {
             let shot_mode: crate::eval::ShotMode = shot_mode.parse().map_err(anyhow::Error::msg)?;
             let m = load_model(cli)?;
@@ -352,6 +353,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 shot_pool: pool.as_ref(),
                 shot_mode,
                 baseline_from: base.as_ref(),
+                probe_l2: probe_l2.clone(),
                 progress: Some(&progress),
             };
             let out = crate::eval::evaluate(&m, &data_m, &opts)?;
@@ -598,6 +600,15 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 let path = m.dir.join("config.json");
                 let mut cfg = crate::model::Config::from_file(&path)?;
                 cfg.presence_threshold = t;
+                // the texts the threshold was chosen over are what "find all" checks
+                cfg.finding_phrases = v["finding_phrases"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let json = serde_json::to_string_pretty(&cfg)?;
                 crate::util::atomic_write(&path, json.as_bytes())
                     .with_context(|| format!("writing {}", path.display()))?;

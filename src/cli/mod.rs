@@ -255,9 +255,13 @@ pub enum Command {
         /// boxes averaged into the plain answer's boxes they overlap, IoU ≥ 0.1).
         #[arg(long, default_value = "prompt")]
         shot_mode: String,
-        /// Training manifest for the lookup-table baselines.
+        /// Training manifest for the baselines (lookup tables, presence linear probe).
         #[arg(long)]
         baseline_from: Option<PathBuf>,
+        /// L2 penalties of the presence linear probe, comma-separated (each one reported; the
+        /// first is the headline). Choose them on a development slice, never on validation.
+        #[arg(long, value_delimiter = ',', default_value = "1.0")]
+        probe_l2: Vec<f64>,
     },
     /// Choose the model's presence threshold on a development slice (Youden's J over every
     /// image × finding text pair) and, with --write, store it in the model's config.json.

@@ -110,6 +110,8 @@ pub struct EvalOptions<'a> {
     pub shot_mode: ShotMode,
     /// Training manifest for the lookup-table baselines.
     pub baseline_from: Option<&'a Manifest>,
+    /// L2 penalties of the presence linear probe (the first is the headline figure).
+    pub probe_l2: Vec<f64>,
     /// Progress callback (done, total).
     pub progress: Option<&'a dyn Fn(usize, usize)>,
 }
@@ -365,7 +367,8 @@ pub fn evaluate(lofi: &Lofi, data: &Manifest, opts: &EvalOptions<'_>) -> Result<
         }}),
     );
     if let Some(train) = opts.baseline_from {
-        out["presence"]["linear_probe"] = presence_probe(lofi, train, &enc, &findings, &carries)?;
+        out["presence"]["linear_probe"] =
+            presence_probe(lofi, train, &enc, &findings, &carries, &opts.probe_l2)?;
         let priors = priors_from(train)?;
         for (name, phrase_level) in [("class_prior", false), ("phrase_prior", true)] {
             let mut qs = Vec::with_capacity(n_queries);
@@ -417,6 +420,7 @@ fn presence_probe(
     enc: &[EncodedImage],
     findings: &[(String, String)],
     carries: &dyn Fn(usize, &str) -> bool,
+    l2s: &[f64],
 ) -> Result<Value, EvalError> {
     let (_, train_enc) = encode_all(lofi, train, &|_| {})?;
     let train_labels: Vec<Vec<String>> = train.records.iter().map(retrieval_labels).collect();
@@ -424,32 +428,50 @@ fn presence_probe(
     let st = probe::Standardiser::fit(&rows);
     let x: Vec<Vec<f64>> = rows.iter().map(|r| st.apply(r)).collect();
     let xe: Vec<Vec<f64>> = enc.iter().map(|e| st.apply(&e.backbone_mean)).collect();
-    let settings = probe::ProbeSettings::default();
-    let mut per_finding = serde_json::Map::new();
-    let mut aurocs = Vec::new();
-    for (f, _) in findings {
-        let y: Vec<bool> = train_labels
-            .iter()
-            .map(|l| l.contains(&label_phrase(f)))
-            .collect();
-        if !y.iter().any(|&p| p) {
-            continue;
+    let mut runs = Vec::new();
+    for &l2 in if l2s.is_empty() { &[1.0][..] } else { l2s } {
+        let settings = probe::ProbeSettings {
+            l2,
+            ..Default::default()
+        };
+        let mut per_finding = serde_json::Map::new();
+        let mut aurocs = Vec::new();
+        for (f, _) in findings {
+            let y: Vec<bool> = train_labels
+                .iter()
+                .map(|l| l.contains(&label_phrase(f)))
+                .collect();
+            if !y.iter().any(|&p| p) {
+                continue;
+            }
+            let p = probe::LinearProbe::fit(&x, &y, settings);
+            let scores: Vec<f32> = xe.iter().map(|r| p.score(r) as f32).collect();
+            let pos: Vec<bool> = (0..enc.len()).map(|j| carries(j, f)).collect();
+            // on its own training rows too: how well the probe fits at all
+            let fit_scores: Vec<f32> = x.iter().map(|r| p.score(r) as f32).collect();
+            let fit = retrieval::auroc(&fit_scores, &y);
+            if let Some(a) = retrieval::auroc(&scores, &pos) {
+                aurocs.push(a);
+                per_finding.insert(f.clone(), json!({"auroc": a, "fit_auroc": fit}));
+            }
         }
-        let p = probe::LinearProbe::fit(&x, &y, settings);
-        let scores: Vec<f32> = xe.iter().map(|r| p.score(r) as f32).collect();
-        let pos: Vec<bool> = (0..enc.len()).map(|j| carries(j, f)).collect();
-        if let Some(a) = retrieval::auroc(&scores, &pos) {
-            aurocs.push(a);
-            per_finding.insert(f.clone(), json!({"auroc": a}));
-        }
+        let mean = if aurocs.is_empty() {
+            Value::Null
+        } else {
+            json!(aurocs.iter().sum::<f64>() / aurocs.len() as f64)
+        };
+        runs.push(
+            json!({"l2": l2, "steps": settings.steps, "auroc": mean, "per_finding": per_finding}),
+        );
     }
-    Ok(json!({
-        "auroc": if aurocs.is_empty() { Value::Null } else { json!(aurocs.iter().sum::<f64>() / aurocs.len() as f64) },
-        "features": "backbone patch tokens, mean-pooled, standardised",
-        "fit_on": train.records.len(),
-        "l2": settings.l2, "steps": settings.steps,
-        "per_finding": per_finding,
-    }))
+    let mut head = runs.first().cloned().unwrap_or(Value::Null);
+    head["features"] =
+        json!("backbone patch tokens, mean-pooled, standardised on the baseline manifest");
+    head["fit_on"] = json!(train.records.len());
+    if runs.len() > 1 {
+        head["runs"] = Value::Array(runs);
+    }
+    Ok(head)
 }
 
 /// Image size without decoding pixels where the format allows.
@@ -542,6 +564,7 @@ pub fn calibrate_presence(
     Ok(
         json!({"threshold": best.1, "youden_j": best.0, "tpr": best.2, "fpr": best.3,
               "pairs": pairs.len(), "positives": n_pos, "findings": findings.len(),
+              "finding_phrases": findings.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(),
               "model": lofi.model_id()}),
     )
 }

@@ -87,6 +87,8 @@ impl LinearProbe {
         let mut w = vec![0.0; d];
         let mut b = 0.0;
         let mut gw = vec![0.0; d];
+        // a step that stays stable however strong the penalty (lr · l2 < 1)
+        let lr = s.lr / (1.0 + s.lr * s.l2);
         for _ in 0..s.steps {
             gw.iter_mut().for_each(|g| *g = 0.0);
             let mut gb = 0.0;
@@ -100,9 +102,9 @@ impl LinearProbe {
                 gb += err;
             }
             for (wi, g) in w.iter_mut().zip(&gw) {
-                *wi -= s.lr * (g + s.l2 * *wi);
+                *wi -= lr * (g + s.l2 * *wi);
             }
-            b -= s.lr * gb;
+            b -= lr * gb;
         }
         Self { w, b }
     }

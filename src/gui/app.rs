@@ -240,8 +240,10 @@ impl LofiApp {
             .resizable(true)
             .show(ui, |ui| {
                 ui.style_mut().wrap_mode = Some(egui::TextWrapMode::Truncate);
+                // the bar always shown: one appearing when results arrive would widen the panel
                 egui::ScrollArea::vertical()
                     .id_salt("ai-side")
+                    .scroll_bar_visibility(egui::scroll_area::ScrollBarVisibility::AlwaysVisible)
                     .show(ui, |ui| {
                         super::ai::panel::panel_ui(
                             ui,

@@ -200,7 +200,7 @@ fn empty_ui(ui: &egui::Ui, painter: &egui::Painter, vp: &Viewport, rect: Rect) {
     } else if let Some(e) = &vp.error {
         format!("Cannot show this file:\n{e}")
     } else {
-        "Drop DICOM files or folders here, or use File → Open".to_string()
+        "Drop DICOM files or folders here, or use File > Open".to_string()
     };
     let color = if vp.error.is_some() {
         Color32::from_rgb(240, 120, 110)

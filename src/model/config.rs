@@ -341,6 +341,10 @@ pub struct Config {
     /// of the training split; absent = no gating).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence_threshold: Option<f32>,
+    /// Findings "find all" checks besides those its caption names: each one whose presence
+    /// score reaches `presence_threshold` is grounded (the label vocabulary it was trained on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finding_phrases: Vec<String>,
 }
 
 fn default_max_new_tokens() -> usize {

@@ -119,6 +119,7 @@ impl Config {
                 lora: None,
                 max_new_tokens: 64,
                 presence_threshold: None,
+                finding_phrases: Vec::new(),
             },
             Preset::Base => Self {
                 name: "lofi-base".into(),
@@ -163,6 +164,7 @@ impl Config {
                 lora: None,
                 max_new_tokens: 64,
                 presence_threshold: None,
+                finding_phrases: Vec::new(),
             },
             Preset::Tiny => Self {
                 name: "lofi-tiny".into(),
@@ -227,6 +229,7 @@ impl Config {
                 lora: None,
                 max_new_tokens: 64,
                 presence_threshold: None,
+                finding_phrases: Vec::new(),
             },
             Preset::Dino => {
                 let tiny = Self::preset(Preset::Tiny);
@@ -273,6 +276,7 @@ impl Config {
                     lora: None,
                     max_new_tokens: 64,
                     presence_threshold: None,
+                    finding_phrases: Vec::new(),
                 }
             }
             Preset::DinoGemma => {

@@ -503,12 +503,22 @@ impl Lofi {
             .to_string())
     }
 
-    /// Every finding the model reports, with boxes: the caption names the findings, each is
+    /// Every finding the model reports, with boxes: the findings its caption names, and those of
+    /// the model's `finding_phrases` whose presence score reaches its threshold; each is
     /// grounded, and each box is described back (dense captioning) for its phrase.
     pub fn findings(&self, img: &EncodedImage) -> Result<Vec<Region>, ModelError> {
         let caption = self.caption(img)?;
+        let mut asked = split_findings(&caption);
+        if let Some(t) = self.config().presence_threshold {
+            for p in &self.config().finding_phrases {
+                let p = p.trim().to_lowercase();
+                if !asked.contains(&p) && self.presence(img, &p)? >= t {
+                    asked.push(p);
+                }
+            }
+        }
         let mut regions = Vec::new();
-        for finding in split_findings(&caption) {
+        for finding in asked {
             for b in self.ground(img, &finding, &[])? {
                 let described = self.describe(img, [b.x1, b.y1, b.x2, b.y2])?;
                 let phrase = if described.is_empty() {

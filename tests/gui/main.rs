@@ -469,7 +469,20 @@ fn similar_cases_panel_finds_the_image_and_opens_it_two_up() {
     assert_eq!(h.state().state.viewports[1].path.as_ref(), Some(&second));
 }
 
+/// A harness on `args`; without a store of the test's own, an empty temporary one (a test must
+/// never read or seed the user's store).
 fn harness_with(args: Args, size: egui::Vec2) -> Harness<'static, LofiApp> {
+    let store = args.store.clone().or_else(|| {
+        Some(
+            tempfile::tempdir()
+                .unwrap()
+                .keep()
+                .join("store")
+                .to_string_lossy()
+                .into_owned(),
+        )
+    });
+    let args = Args { store, ..args };
     Harness::builder()
         .with_size(size)
         .wgpu()
@@ -529,7 +542,8 @@ fn answer(h: &mut Harness<'static, LofiApp>, task: AiTask, findings: Vec<AiFindi
 /// content item — and a second "Find all" replaces the first.
 #[test]
 fn find_all_keeps_one_finding_per_region() {
-    let image = fixtures().join("nih/images/00005066_030.png");
+    // a DICOM image: the SR references it
+    let image = fixtures().join("dicom/txv_cr_chest_pa_8bit_jpeg_baseline.dcm");
     let mut h = harness_with(
         Args {
             paths: vec![image],
@@ -747,8 +761,14 @@ fn help_overlay_and_recent_studies() {
     h.key_press(egui::Key::F1);
     h.run_steps(2);
     assert!(h.state().state.help_open);
-    for (_, what) in lofi_viewer::gui::interaction::KEYS {
-        let _ = h.get_by_label(what);
+    for (_, what) in lofi_viewer::gui::interaction::KEYS
+        .iter()
+        .chain(lofi_viewer::gui::interaction::MOUSE)
+    {
+        assert!(
+            h.get_all_by_label(what).next().is_some(),
+            "the help does not list {what:?}"
+        );
     }
     h.key_press(egui::Key::F1);
     h.run_steps(2);

@@ -276,18 +276,15 @@ fn finding_ui(
         ui.label(RichText::new(format!("   presence score {s:.2}")).weak());
     }
     for (bi, b) in f.boxes.iter().enumerate() {
-        ui.horizontal(|ui| {
-            let text = format!(
-                "   box {} · score {:.2} · {:.0},{:.0}–{:.0},{:.0}",
-                bi + 1,
-                b.score,
-                b.x1,
-                b.y1,
-                b.x2,
-                b.y2
+        ui.horizontal_wrapped(|ui| {
+            let text = format!("   box {} · score {:.2}", bi + 1, b.score);
+            let place = format!(
+                "{:.0},{:.0} to {:.0},{:.0} px: click to zoom to it",
+                b.x1, b.y1, b.x2, b.y2
             );
             if ui
                 .selectable_label(selected == Some((fi, bi)), text)
+                .on_hover_text(place)
                 .clicked()
             {
                 cmds.push(AppCommand::ZoomTo(fi, bi));

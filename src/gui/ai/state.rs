@@ -185,7 +185,17 @@ impl AiState {
                         })
                         .collect();
                 }
+                if answer.findings.is_empty() {
+                    self.message = Some(match task {
+                        AiTask::FindAll => "Find all: the model reported no finding".into(),
+                        _ => "the model gave no answer".into(),
+                    });
+                }
                 if let Some(r) = self.results.get_mut(&key) {
+                    // results first seen before the model loaded carry no model name yet
+                    if let Some(m) = &self.model {
+                        r.model = m.model_id();
+                    }
                     // a new answer replaces the old one: the same phrase for grounding, every
                     // earlier region for "find all"
                     for f in &answer.findings {

@@ -283,10 +283,26 @@ impl ImageRenderer {
             ));
         }
         let r32 = |label: &str, size: (u32, u32), bytes: &[u8]| {
-            make_texture(device, queue, label, size, wgpu::TextureFormat::R32Float, bytes, 4)
+            make_texture(
+                device,
+                queue,
+                label,
+                size,
+                wgpu::TextureFormat::R32Float,
+                bytes,
+                4,
+            )
         };
         let rgba8 = |label: &str, size: (u32, u32), bytes: &[u8]| {
-            make_texture(device, queue, label, size, wgpu::TextureFormat::Rgba8Unorm, bytes, 4)
+            make_texture(
+                device,
+                queue,
+                label,
+                size,
+                wgpu::TextureFormat::Rgba8Unorm,
+                bytes,
+                4,
+            )
         };
         let (grey, rgb) = match &frame.pixels {
             Pixels::Mono(v) => {
