@@ -260,7 +260,7 @@ pub enum Command {
         baseline_from: Option<PathBuf>,
         /// L2 penalties of the presence linear probe, comma-separated (each one reported; the
         /// first is the headline). Choose them on a development slice, never on validation.
-        #[arg(long, value_delimiter = ',', default_value = "1.0")]
+        #[arg(long, value_delimiter = ',', default_value = "0.1")]
         probe_l2: Vec<f64>,
     },
     /// Choose the model's presence threshold on a development slice (Youden's J over every

@@ -429,7 +429,7 @@ fn presence_probe(
     let x: Vec<Vec<f64>> = rows.iter().map(|r| st.apply(r)).collect();
     let xe: Vec<Vec<f64>> = enc.iter().map(|e| st.apply(&e.backbone_mean)).collect();
     let mut runs = Vec::new();
-    for &l2 in if l2s.is_empty() { &[1.0][..] } else { l2s } {
+    for &l2 in if l2s.is_empty() { &[0.1][..] } else { l2s } {
         let settings = probe::ProbeSettings {
             l2,
             ..Default::default()

@@ -21,7 +21,7 @@ pub struct ProbeSettings {
 impl Default for ProbeSettings {
     fn default() -> Self {
         Self {
-            l2: 1e-2,
+            l2: 0.1,
             steps: 1000,
             lr: 1.0,
         }
