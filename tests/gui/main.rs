@@ -661,6 +661,47 @@ fn the_viewport_keeps_its_width_when_results_arrive() {
             0.5,
         ))],
     );
+    // in-context cases with long label lists arrive too
+    {
+        let ctx = h.ctx.clone();
+        let app = h.state_mut();
+        let key = app.state.viewports[0].ai_key().unwrap();
+        let case = |id: i64| lofi_viewer::service::UsedCase {
+            record: lofi_viewer::store::RecordInfo {
+                id,
+                meta: lofi_viewer::store::RecordMeta {
+                    labels: vec![
+                        "Effusion".into(),
+                        "Fibrosis".into(),
+                        "Mass".into(),
+                        "Cardiomegaly".into(),
+                        "Pleural_Thickening".into(),
+                    ],
+                    ..Default::default()
+                },
+            },
+            score: 0.9,
+            phrase: "cardiomegaly".into(),
+            thumbnail_png: None,
+        };
+        app.state.ai.handle(
+            AiEvent::Answer {
+                key,
+                task: AiTask::Ground {
+                    phrase: "cardiomegaly".into(),
+                    shots: 3,
+                    exclude_patient: None,
+                },
+                answer: AiAnswer {
+                    findings: vec![],
+                    used: vec![case(1), case(2), case(3)],
+                    presence_threshold: None,
+                },
+            },
+            &ctx,
+        );
+    }
+    h.run_steps(3);
     let after = h.state().state.viewports[0].rect.unwrap();
     assert!(
         (after.width() - before.width()).abs() < 0.5,

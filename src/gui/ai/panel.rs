@@ -312,17 +312,14 @@ fn used_cases_ui(ui: &mut egui::Ui, ai: &AiState) {
     ui.horizontal_wrapped(|ui| {
         for u in &ai.used {
             ui.vertical(|ui| {
+                // a fixed column per case: its labels elide instead of widening the panel
+                ui.set_max_width(84.0);
                 if let Some(t) = &u.thumb {
                     ui.add(egui::Image::new((t.id(), Vec2::new(72.0, 72.0))));
                 }
-                ui.label(
-                    RichText::new(format!(
-                        "{:.2} {}",
-                        u.score,
-                        u.record.meta.labels.join(", ")
-                    ))
-                    .small(),
-                );
+                let text = format!("{:.2} {}", u.score, u.record.meta.labels.join(", "));
+                ui.add(egui::Label::new(RichText::new(&text).small()).truncate())
+                    .on_hover_text(text);
             });
         }
     });
