@@ -37,6 +37,9 @@ impl From<ModelError> for ServiceError {
     }
 }
 
+/// The phrase of a described region when the model produced no text.
+pub const NO_DESCRIPTION: &str = "(no description)";
+
 /// What to ask of the model about one encoded image.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AiTask {
@@ -197,7 +200,7 @@ impl AiService {
             AiTask::Describe(b) => {
                 let text = lofi.describe(enc, *b)?;
                 let phrase = if text.is_empty() {
-                    "(no description)".to_string()
+                    NO_DESCRIPTION.to_string()
                 } else {
                     text
                 };

@@ -1,7 +1,6 @@
 //! The headless commands; each returns the JSON printed on stdout.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -10,7 +9,6 @@ use super::{Cli, Command};
 use crate::manifest::Manifest;
 use crate::model::load::DeviceChoice;
 use crate::model::Lofi;
-use crate::service::{AiService, AiTask};
 use crate::train::{self, RunOptions, TrainConfig};
 use crate::util::Cancel;
 
@@ -31,7 +29,7 @@ pub fn load_model(cli: &Cli) -> Result<Lofi> {
         .with_context(|| format!("loading model {}", dir.display()))
 }
 
-fn load_image(path: &Path) -> Result<image::GrayImage> {
+pub(super) fn load_image(path: &Path) -> Result<image::GrayImage> {
     crate::dicom::load_gray8(path).with_context(|| format!("opening {}", path.display()))
 }
 
@@ -233,85 +231,9 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
             image,
             phrase,
             shots,
-        } => {
-            let m = Arc::new(load_model(cli)?);
-            let img = load_image(image)?;
-            let t0 = std::time::Instant::now();
-            let store = if *shots > 0 {
-                Some(Arc::from(open_store(cli, &m)?))
-            } else {
-                None
-            };
-            let svc = AiService::new(m.clone(), store.clone());
-            let cancel = Cancel::new();
-            let enc = svc.encode(&img, &cancel)?;
-            let task = AiTask::Ground {
-                phrase: phrase.clone(),
-                shots: *shots,
-                exclude_patient: None,
-            };
-            let answer = svc.run(&enc, &task, &cancel)?;
-            let f = answer
-                .findings
-                .first()
-                .context("grounding gave no answer")?;
-            let boxes: Vec<Value> = f
-                .boxes
-                .iter()
-                .map(|b| json!({"x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "score": b.score}))
-                .collect();
-            let mut out = json!({
-                "width": img.width(), "height": img.height(), "phrase": phrase,
-                "boxes": boxes, "presence": f.presence, "present": f.present,
-                "presence_threshold": answer.presence_threshold, "model": m.model_id(),
-                "elapsed_ms": t0.elapsed().as_secs_f64() * 1000.0,
-            });
-            if *shots > 0 {
-                out["shots_requested"] = json!(shots);
-                out["shots_found"] = json!(answer.used.len());
-                out["shots"] = json!(answer
-                    .used
-                    .iter()
-                    .map(|u| json!({"path": u.record.meta.path, "phrase": u.phrase, "score": u.score}))
-                    .collect::<Vec<_>>());
-                if answer.used.len() < *shots {
-                    out["shots_note"] = json!(format!(
-                        "only {} of {} in-context examples found in the store {}",
-                        answer.used.len(),
-                        shots,
-                        store
-                            .map(|s: Arc<dyn crate::store::PriorStore>| s.describe())
-                            .unwrap_or_default()
-                    ));
-                }
-            }
-            Ok(out)
-        }
-        Command::Describe { image, bbox } => {
-            let svc = AiService::new(Arc::new(load_model(cli)?), None);
-            let cancel = Cancel::new();
-            let enc = svc.encode(&load_image(image)?, &cancel)?;
-            let a = svc.run(&enc, &AiTask::Describe(*bbox), &cancel)?;
-            let text = a
-                .findings
-                .first()
-                .map(|f| f.phrase.clone())
-                .filter(|t| t != "(no description)")
-                .unwrap_or_default();
-            Ok(json!({"text": text, "model": svc.model().model_id()}))
-        }
-        Command::Findings { image } => {
-            let svc = AiService::new(Arc::new(load_model(cli)?), None);
-            let cancel = Cancel::new();
-            let enc = svc.encode(&load_image(image)?, &cancel)?;
-            let a = svc.run(&enc, &AiTask::FindAll, &cancel)?;
-            let regions: Vec<Value> = a
-                .findings
-                .iter()
-                .flat_map(|f| f.boxes.iter().map(move |b| json!({"phrase": f.phrase, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "score": b.score})))
-                .collect();
-            Ok(json!({"regions": regions, "model": svc.model().model_id()}))
-        }
+        } => super::ai::ground(cli, image, phrase, *shots),
+        Command::Describe { image, bbox } => super::ai::describe(cli, image, *bbox),
+        Command::Findings { image } => super::ai::findings(cli, image),
         Command::Caption { image } => {
             let m = load_model(cli)?;
             let enc = m.encode(&load_image(image)?)?;

@@ -2,6 +2,7 @@
 //! batch command that prints JSON on stdout (progress and logs on stderr). Errors are reported as
 //! one line on stderr with a non-zero exit status.
 
+pub mod ai;
 pub mod bench;
 pub mod commands;
 

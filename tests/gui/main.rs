@@ -506,6 +506,19 @@ fn save_render(h: &mut Harness<'static, LofiApp>, name: &str) {
     img.save(dir.join(name)).unwrap();
 }
 
+/// A harness (1400 × 900) showing one image, waited for.
+fn showing(image: PathBuf) -> Harness<'static, LofiApp> {
+    let mut h = harness_with(
+        Args {
+            paths: vec![image],
+            ..Default::default()
+        },
+        egui::Vec2::new(1400.0, 900.0),
+    );
+    wait_until(&mut h, "image", |a| a.state.viewports[0].image.is_some());
+    h
+}
+
 fn region(phrase: &str, b: [f32; 4], score: f32) -> lofi_viewer::model::tasks::Region {
     lofi_viewer::model::tasks::Region {
         phrase: phrase.into(),
@@ -544,14 +557,7 @@ fn answer(h: &mut Harness<'static, LofiApp>, task: AiTask, findings: Vec<AiFindi
 fn find_all_keeps_one_finding_per_region() {
     // a DICOM image: the SR references it
     let image = fixtures().join("dicom/txv_cr_chest_pa_8bit_jpeg_baseline.dcm");
-    let mut h = harness_with(
-        Args {
-            paths: vec![image],
-            ..Default::default()
-        },
-        egui::Vec2::new(1400.0, 900.0),
-    );
-    wait_until(&mut h, "image", |a| a.state.viewports[0].image.is_some());
+    let mut h = showing(image);
     let regions = [
         region(
             "right middle zone pneumonia",
@@ -640,14 +646,7 @@ fn menu_fit_propagates_in_synced_two_up() {
 #[test]
 fn the_viewport_keeps_its_width_when_results_arrive() {
     let image = fixtures().join("nih/images/00005066_030.png");
-    let mut h = harness_with(
-        Args {
-            paths: vec![image],
-            ..Default::default()
-        },
-        egui::Vec2::new(1400.0, 900.0),
-    );
-    wait_until(&mut h, "image", |a| a.state.viewports[0].image.is_some());
+    let mut h = showing(image);
     h.run_steps(3);
     let before = h.state().state.viewports[0].rect.unwrap();
     let long = "find all: right middle zone pneumonia, left middle zone atelectasis, \
@@ -830,14 +829,7 @@ fn help_overlay_and_recent_studies() {
 #[test]
 fn overlapping_boxes_have_separate_labels_inside_the_pane() {
     let image = fixtures().join("nih/images/00005066_030.png");
-    let mut h = harness_with(
-        Args {
-            paths: vec![image],
-            ..Default::default()
-        },
-        egui::Vec2::new(1400.0, 900.0),
-    );
-    wait_until(&mut h, "image", |a| a.state.viewports[0].image.is_some());
+    let mut h = showing(image);
     answer(
         &mut h,
         AiTask::FindAll,

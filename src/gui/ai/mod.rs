@@ -176,14 +176,7 @@ impl LofiApp {
         let Some(k) = self.state.viewports[self.state.active].ai_key() else {
             return;
         };
-        if let Some(b) = self
-            .state
-            .ai
-            .results
-            .get_mut(&k)
-            .and_then(|r| r.findings.get_mut(fi))
-            .and_then(|f| f.boxes.get_mut(bi))
-        {
+        if let Some(b) = self.state.ai.box_mut(&k, fi, bi) {
             b.review = review;
         }
         self.state.ai.save(&k);
@@ -205,15 +198,7 @@ impl LofiApp {
         let Some((key, _)) = self.state.model_input(idx) else {
             return;
         };
-        let Some(b) = self
-            .state
-            .ai
-            .results
-            .get(&key)
-            .and_then(|r| r.findings.get(fi))
-            .and_then(|f| f.boxes.get(bi))
-            .cloned()
-        else {
+        let Some(b) = self.state.ai.box_mut(&key, fi, bi).cloned() else {
             return;
         };
         self.state.ai.selected = Some((fi, bi));

@@ -106,6 +106,21 @@ impl AiState {
         }
     }
 
+    /// Box `bi` of finding `fi` in the results of image `key`.
+    pub fn box_mut(
+        &mut self,
+        key: &str,
+        fi: usize,
+        bi: usize,
+    ) -> Option<&mut crate::report::AiBox> {
+        self.results
+            .get_mut(key)?
+            .findings
+            .get_mut(fi)?
+            .boxes
+            .get_mut(bi)
+    }
+
     /// Put a phrase at the front of the history.
     pub fn remember(&mut self, phrase: &str) {
         self.history.retain(|h| h != phrase);
