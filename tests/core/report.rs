@@ -5,7 +5,7 @@ use lofi_viewer::report::{AiBox, AiFinding, AiResults, Review, Source};
 
 use super::common::fixtures;
 
-fn results() -> AiResults {
+pub fn results() -> AiResults {
     AiResults {
         model: "lofi-tiny@1".into(),
         width: 1024,
