@@ -17,5 +17,5 @@ cargo clippy --no-default-features --all-targets -- -D warnings
 cargo test --no-default-features
 cargo test
 scripts/milvus.sh cargo test --test core milvus -- --nocapture
-scripts/orthanc.sh cargo test --test core pacs::
+scripts/orthanc.sh cargo test --test core --test gui pacs
 echo "all checks passed"

@@ -69,6 +69,10 @@ fn run_gui(cli: &Cli) -> i32 {
         find_all: cli.find_all,
         two_up: cli.two_up,
         harness: false,
+        pacs_node: cli.pacs_node.clone(),
+        pacs_find: cli.pacs_find,
+        pacs_retrieve: cli.pacs_retrieve.clone(),
+        study_cache: cli.study_cache.clone(),
     };
     let shot = args.screenshot.is_some();
     match gui::run(args) {

@@ -50,6 +50,18 @@ pub struct Cli {
     /// GUI: start in the two-up layout with the first two images opened.
     #[arg(long)]
     pub two_up: bool,
+    /// GUI: use this archive node for the session (AET@HOST:PORT or a DICOMweb URL).
+    #[arg(long)]
+    pub pacs_node: Option<String>,
+    /// GUI (screenshot runs): open the PACS window and search --pacs-node.
+    #[arg(long, requires = "pacs_node")]
+    pub pacs_find: bool,
+    /// GUI (screenshot runs): retrieve this study from --pacs-node and show it.
+    #[arg(long, requires = "pacs_node")]
+    pub pacs_retrieve: Option<String>,
+    /// GUI: where retrieved and received studies are filed.
+    #[arg(long)]
+    pub study_cache: Option<PathBuf>,
     /// Our DICOM application entity title (PACS).
     #[arg(long, global = true, default_value = crate::pacs::DEFAULT_AE_TITLE)]
     pub ae_title: String,

@@ -171,6 +171,9 @@ fn bar(what: &str) -> (indicatif::ProgressBar, impl Fn(crate::pacs::Progress)) {
     })
 }
 
+/// What `pacs listen` saw: received, failed, refused.
+type ListenLog = (Vec<Value>, Vec<Value>, Vec<Value>);
+
 /// Run a PACS command.
 pub fn run(cli: &Cli, cmd: &PacsCommand, cancel: &Cancel) -> Result<Value> {
     match cmd {
@@ -200,7 +203,8 @@ pub fn run(cli: &Cli, cmd: &PacsCommand, cancel: &Cancel) -> Result<Value> {
                 accession: s(accession),
                 study_uid: s(study),
             };
-            let found = crate::pacs::find(&n, &q, cancel).with_context(|| format!("find on {}", n.address))?;
+            let found = crate::pacs::find(&n, &q, cancel)
+                .with_context(|| format!("find on {}", n.address))?;
             Ok(Value::Array(found.into_iter().map(Value::Object).collect()))
         }
         PacsCommand::Get {
@@ -237,7 +241,8 @@ pub fn run(cli: &Cli, cmd: &PacsCommand, cancel: &Cancel) -> Result<Value> {
         PacsCommand::Send { node, files } => {
             let n = node_of(cli, node)?;
             let (pb, progress) = bar("send");
-            let st = crate::pacs::send(&n, files, cancel, &progress).with_context(|| format!("sending to {}", n.address));
+            let st = crate::pacs::send(&n, files, cancel, &progress)
+                .with_context(|| format!("sending to {}", n.address));
             pb.finish_and_clear();
             Ok(serde_json::to_value(st?)?)
         }
@@ -270,7 +275,7 @@ pub fn run(cli: &Cli, cmd: &PacsCommand, cancel: &Cancel) -> Result<Value> {
             if let (Some(c), Some(k)) = (tls_cert, tls_key) {
                 cfg.tls = Some(crate::pacs::tls::server_config(c, k)?);
             }
-            let log: Arc<Mutex<(Vec<Value>, Vec<Value>, Vec<Value>)>> = Arc::default();
+            let log: Arc<Mutex<ListenLog>> = Arc::default();
             let log2 = log.clone();
             let listener = Listener::start(
                 cfg,
@@ -285,12 +290,20 @@ pub fn run(cli: &Cli, cmd: &PacsCommand, cancel: &Cancel) -> Result<Value> {
                             eprintln!("failed ({calling}): {reason}");
                             l.1.push(json!({"calling": calling, "reason": reason}));
                         }
-                        ScpEvent::Refused { calling, peer, reason } => {
+                        ScpEvent::Refused {
+                            calling,
+                            peer,
+                            reason,
+                        } => {
                             eprintln!("refused {calling} at {peer}: {reason}");
                             l.2.push(json!({"calling": calling, "peer": peer, "reason": reason}));
                         }
-                        ScpEvent::Accepted { calling, peer } => eprintln!("association from {calling} at {peer}"),
-                        ScpEvent::Ended { calling, stored } => eprintln!("{calling}: {stored} stored, association ended"),
+                        ScpEvent::Accepted { calling, peer } => {
+                            eprintln!("association from {calling} at {peer}")
+                        }
+                        ScpEvent::Ended { calling, stored } => {
+                            eprintln!("{calling}: {stored} stored, association ended")
+                        }
                     }
                 }),
             )?;
@@ -308,7 +321,9 @@ pub fn run(cli: &Cli, cmd: &PacsCommand, cancel: &Cancel) -> Result<Value> {
                 std::thread::sleep(Duration::from_millis(100));
             }
             listener.stop(Duration::from_secs(10));
-            let l = log.lock().map_err(|_| anyhow::anyhow!("listener log poisoned"))?;
+            let l = log
+                .lock()
+                .map_err(|_| anyhow::anyhow!("listener log poisoned"))?;
             Ok(json!({"received": l.0, "failed": l.1, "refused": l.2}))
         }
     }

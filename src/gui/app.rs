@@ -43,6 +43,14 @@ pub struct Args {
     pub two_up: bool,
     /// Driven by a test harness: default settings, nothing persisted, no screenshot.
     pub harness: bool,
+    /// An archive node for this session (`AET@HOST:PORT` or a DICOMweb URL), selected.
+    pub pacs_node: Option<String>,
+    /// Screenshot runs: open the PACS window and search the node.
+    pub pacs_find: bool,
+    /// Screenshot runs: retrieve this study from the node and show it.
+    pub pacs_retrieve: Option<String>,
+    /// Where retrieved studies go (overrides the setting).
+    pub study_cache: Option<PathBuf>,
 }
 
 /// How the app runs.
@@ -67,6 +75,8 @@ pub struct UiInputs {
     pub similar: SimilarInputs,
     /// Tag browser search.
     pub tag_filter: String,
+    /// PACS window.
+    pub pacs: super::pacs::panel::PacsInputs,
 }
 
 /// The application.
@@ -127,6 +137,8 @@ impl LofiApp {
                 shots: args.shots,
                 similar: args.similar,
                 find_all: args.find_all,
+                pacs_find: args.pacs_find || args.pacs_retrieve.is_some(),
+                pacs_retrieve: args.pacs_retrieve.clone(),
             })),
             (None, false) => RunMode::Interactive,
         };
@@ -157,6 +169,24 @@ impl LofiApp {
         };
         if !args.paths.is_empty() {
             app.open_paths(args.paths.clone(), true);
+        }
+        if let Some(addr) = &args.pacs_node {
+            match crate::pacs::Node::from_address(addr, crate::pacs::DEFAULT_AE_TITLE) {
+                Ok(n) => {
+                    let s = &mut app.state.settings;
+                    s.pacs_node = s
+                        .pacs_nodes
+                        .iter()
+                        .position(|m| m.address == n.address)
+                        .unwrap_or_else(|| {
+                            s.pacs_nodes.push(n);
+                            s.pacs_nodes.len() - 1
+                        });
+                }
+                Err(e) => {
+                    app.state.message = Some(StatusMessage::error(format!("--pacs-node: {e}")))
+                }
+            }
         }
         app.state.ai.history = app.state.settings.ai_history.clone();
         if let RunMode::Interactive = app.mode {
@@ -220,6 +250,14 @@ impl LofiApp {
                 .show(ui, |ui| super::panels::tags_ui(ui, state, filter));
         }
         self.viewports_ui(ui);
+        if self.state.pacs.open {
+            super::pacs::panel::pacs_window_ui(
+                ctx,
+                &self.state,
+                &mut self.inputs.pacs,
+                &mut self.commands,
+            );
+        }
         super::interaction::help_ui(ctx, self.state.help_open, &mut self.commands);
         self.apply(ctx);
         self.screenshot_step(ctx);
@@ -320,6 +358,7 @@ impl LofiApp {
                 JobEvent::Picked(p) => self.picked(p),
                 JobEvent::Ai(e) => self.state.ai.handle(e, ctx),
                 JobEvent::Similar(e) => self.state.similar.handle(e, ctx),
+                JobEvent::Pacs(e) => self.pacs_event(e),
                 JobEvent::Exported(r) => {
                     self.state.message = Some(match r {
                         Ok(p) => StatusMessage::info(format!("exported {}", p.display())),
@@ -329,6 +368,7 @@ impl LofiApp {
                 JobEvent::Shot(r) => self.shot_saved(r, ctx),
             }
         }
+        self.pacs_open_arrived();
         let s = &mut self.state;
         if let (None, false, Some(st)) =
             (&s.similar.store_info, s.similar.info_pending, &s.ai.store)
@@ -429,8 +469,11 @@ impl LofiApp {
 
     /// Scan paths in the background; with `show_first`, the first image opens when found.
     pub fn open_paths(&mut self, paths: Vec<PathBuf>, show_first: bool) {
-        if let Some(c) = self.scan_cancel.take() {
-            c.cancel();
+        // a new study replaces a scan in progress; files added to the browser do not
+        if show_first {
+            if let Some(c) = self.scan_cancel.take() {
+                c.cancel();
+            }
         }
         let c = self.jobs.spawn("scan", move |h| {
             let hh = h.clone();
@@ -445,8 +488,8 @@ impl LofiApp {
             });
             h.send(JobEvent::Scanned(scan));
         });
-        self.scan_cancel = Some(c);
         if show_first {
+            self.scan_cancel = Some(c);
             let a = self.state.active;
             self.state.viewports[a].loading = true;
             self.state.viewports[a].path = None;

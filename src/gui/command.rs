@@ -122,6 +122,35 @@ pub enum AppCommand {
     IndexFolder(PathBuf),
     /// Stop indexing.
     CancelIndexing,
+    /// Show the PACS window.
+    ShowPacs(bool),
+    /// Use archive node `n`.
+    PacsSelectNode(usize),
+    /// Save a node (replacing node `i`, or added when None).
+    PacsSaveNode(Option<usize>, crate::pacs::Node),
+    /// Forget node `n`.
+    PacsRemoveNode(usize),
+    /// C-ECHO (or a QIDO-RS probe) the current node.
+    PacsEcho,
+    /// Search the current node.
+    PacsSearch(crate::pacs::Query),
+    /// Retrieve a study (or one series) into the study cache.
+    PacsRetrieve {
+        /// StudyInstanceUID.
+        study_uid: String,
+        /// SeriesInstanceUID.
+        series_uid: Option<String>,
+        /// What the user sees.
+        label: String,
+    },
+    /// Stop the running search, retrieve or send.
+    PacsCancel,
+    /// Send the active image's AI results as a Structured Report to the current node.
+    PacsSendSr,
+    /// Start or stop the storage SCP.
+    PacsListen(bool),
+    /// Change the storage SCP's settings.
+    PacsSetListener(super::pacs::ListenerSettings),
 }
 
 impl LofiApp {
@@ -133,7 +162,7 @@ impl LofiApp {
             let synced = self.apply_view(&c, ctx);
             if let Some(idx) = synced {
                 self.sync_from(idx);
-            } else if !self.apply_layout(&c, ctx) {
+            } else if !self.apply_layout(&c, ctx) && !self.apply_pacs(&c) {
                 self.apply_ai(c);
             }
         }

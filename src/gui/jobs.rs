@@ -49,6 +49,8 @@ pub enum JobEvent {
     Ai(super::ai::AiEvent),
     /// Similar-cases search and indexing.
     Similar(super::similar::SimilarEvent),
+    /// Archive searches, retrieves, sends and the listener.
+    Pacs(super::pacs::PacsEvent),
     /// The screenshot run's picture was saved (or not).
     Shot(Result<(), String>),
     /// A PNG export finished.

@@ -6,6 +6,7 @@ pub mod command;
 pub mod export;
 pub mod interaction;
 pub mod jobs;
+pub mod pacs;
 pub mod panels;
 pub mod renderer;
 pub mod screenshot;
@@ -37,6 +38,11 @@ pub enum ShotOutcome {
 pub fn run(args: Args) -> anyhow::Result<ShotOutcome> {
     let outcome = Arc::new(Mutex::new(ShotOutcome::Pending));
     let out2 = outcome.clone();
+    // a screenshot run neither reads nor writes the user's window and panel memory
+    let scratch = match args.screenshot {
+        Some(_) => Some(tempfile::tempdir()?),
+        None => None,
+    };
     let options = eframe::NativeOptions {
         renderer: eframe::Renderer::Wgpu,
         viewport: egui::ViewportBuilder::default()
@@ -45,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ShotOutcome> {
             .with_min_inner_size([640.0, 400.0])
             .with_drag_and_drop(true),
         persist_window: args.screenshot.is_none(),
+        persistence_path: scratch.as_ref().map(|d| d.path().to_path_buf()),
         ..Default::default()
     };
     eframe::run_native(

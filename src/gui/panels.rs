@@ -91,6 +91,13 @@ fn file_menu_ui(ui: &mut egui::Ui, state: &AppState, cmds: &mut Vec<AppCommand>)
         }
     });
     ui.separator();
+    item(
+        ui,
+        "PACS: search, retrieve, receive…",
+        AppCommand::ShowPacs(!state.pacs.open),
+        cmds,
+    );
+    ui.separator();
     item(ui, "Quit", AppCommand::Quit, cmds);
 }
 

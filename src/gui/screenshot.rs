@@ -21,6 +21,10 @@ pub struct ScreenshotPlan {
     pub similar: bool,
     /// Run "Find all" first.
     pub find_all: bool,
+    /// Open the PACS window and search the session's node.
+    pub pacs_find: bool,
+    /// Then retrieve this study and show it.
+    pub pacs_retrieve: Option<String>,
 }
 
 /// Stages of the run.
@@ -30,6 +34,8 @@ pub enum Stage {
     Loading,
     /// Questions asked; waiting for the answers.
     Asking,
+    /// A PACS retrieve was asked for; waiting for the study to arrive and open.
+    Retrieving,
     /// Everything arrived; counting frames so the layout settles.
     Settling(u32),
     /// The screenshot was requested.
@@ -57,6 +63,12 @@ pub struct Observation {
     pub similar_busy: bool,
     /// The similar-cases search has hits or a message.
     pub similar_answered: bool,
+    /// A PACS search or retrieve is running.
+    pub pacs_busy: bool,
+    /// The PACS search answered (rows or a message).
+    pub pacs_answered: bool,
+    /// A retrieve ended (studies or a message).
+    pub pacs_retrieved: bool,
 }
 
 impl Observation {
@@ -80,6 +92,10 @@ impl Observation {
             ai_answered: answered || state.ai.message.is_some(),
             similar_busy: state.similar.searching.is_some(),
             similar_answered: !state.similar.hits.is_empty() || state.similar.message.is_some(),
+            pacs_busy: state.pacs.searching.is_some() || state.pacs.retrieving.is_some(),
+            pacs_answered: state.pacs.answered.is_some() || state.pacs.message.is_some(),
+            pacs_retrieved: !state.pacs.retrieved.is_empty()
+                || state.pacs.message.as_ref().is_some_and(|m| m.error),
         }
     }
 }
@@ -116,6 +132,9 @@ impl ScreenshotRun {
         let needs_model = asks_ai || p.similar;
         let needs_store = p.similar || p.shots.is_some();
         let mut cmds = Vec::new();
+        if p.pacs_find {
+            return self.pacs_step(o);
+        }
         match self.stage {
             Stage::Loading if o.image_failed => self.stage = Stage::Settling(0),
             Stage::Loading if o.image_shown && needs_model && o.model_failed => {
@@ -160,6 +179,43 @@ impl ScreenshotRun {
     }
 }
 
+impl ScreenshotRun {
+    /// The PACS run: open the window, search, optionally retrieve and wait for the image.
+    fn pacs_step(&mut self, o: &Observation) -> (Vec<AppCommand>, bool) {
+        let mut cmds = Vec::new();
+        match self.stage {
+            Stage::Loading => {
+                cmds.push(AppCommand::ShowPacs(true));
+                cmds.push(AppCommand::PacsSearch(crate::pacs::Query::default()));
+                self.stage = Stage::Asking;
+            }
+            Stage::Asking if !o.pacs_busy && o.pacs_answered => match &self.plan.pacs_retrieve {
+                Some(uid) => {
+                    cmds.push(AppCommand::PacsRetrieve {
+                        study_uid: uid.clone(),
+                        series_uid: None,
+                        label: uid.clone(),
+                    });
+                    self.stage = Stage::Retrieving;
+                }
+                None => self.stage = Stage::Settling(0),
+            },
+            Stage::Retrieving
+                if !o.pacs_busy && o.pacs_retrieved && (o.image_shown || o.image_failed) =>
+            {
+                self.stage = Stage::Settling(0)
+            }
+            Stage::Settling(n) if n + 1 >= SETTLE_FRAMES => {
+                self.stage = Stage::Requested;
+                return (cmds, true);
+            }
+            Stage::Settling(n) => self.stage = Stage::Settling(n + 1),
+            _ => {}
+        }
+        (cmds, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +227,8 @@ mod tests {
             shots: None,
             similar: false,
             find_all: false,
+            pacs_find: false,
+            pacs_retrieve: None,
         }
     }
 

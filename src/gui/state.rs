@@ -54,6 +54,14 @@ pub struct Settings {
     pub recent: Vec<PathBuf>,
     /// Width of the AI panel in points (set by the user's resize).
     pub ai_panel_width: f32,
+    /// Named archive nodes.
+    pub pacs_nodes: Vec<crate::pacs::Node>,
+    /// The node searches and retrieves use.
+    pub pacs_node: usize,
+    /// The storage SCP's settings.
+    pub pacs_listener: super::pacs::ListenerSettings,
+    /// Where retrieved and received studies are filed (default: the data dir's `studies`).
+    pub study_cache: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -71,6 +79,10 @@ impl Default for Settings {
             model_dir: None,
             recent: Vec::new(),
             ai_panel_width: 340.0,
+            pacs_nodes: Vec::new(),
+            pacs_node: 0,
+            pacs_listener: Default::default(),
+            study_cache: None,
         }
     }
 }
@@ -242,6 +254,8 @@ pub struct AppState {
     pub ai: super::ai::AiState,
     /// Similar-cases panel.
     pub similar: super::similar::SimilarState,
+    /// The PACS window.
+    pub pacs: super::pacs::PacsState,
     /// The key and mouse help is shown.
     pub help_open: bool,
     /// Decoded images (small LRU).

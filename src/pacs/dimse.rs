@@ -30,26 +30,26 @@ pub const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
 /// Storage SOP classes we accept as a storage SCP and ask for in a C-GET: projection
 /// radiography first, then the other image and document classes a chest study may hold.
 pub const STORAGE_CLASSES: &[&str] = &[
-    "1.2.840.10008.5.1.4.1.1.1",        // CR
-    "1.2.840.10008.5.1.4.1.1.1.1",      // DX for presentation
-    "1.2.840.10008.5.1.4.1.1.1.1.1",    // DX for processing
-    "1.2.840.10008.5.1.4.1.1.1.2",      // MG for presentation
-    "1.2.840.10008.5.1.4.1.1.1.2.1",    // MG for processing
-    "1.2.840.10008.5.1.4.1.1.7",        // secondary capture
-    "1.2.840.10008.5.1.4.1.1.7.2",      // multi-frame grayscale byte SC
-    "1.2.840.10008.5.1.4.1.1.7.3",      // multi-frame grayscale word SC
-    "1.2.840.10008.5.1.4.1.1.7.4",      // multi-frame true colour SC
-    "1.2.840.10008.5.1.4.1.1.2",        // CT
-    "1.2.840.10008.5.1.4.1.1.4",        // MR
-    "1.2.840.10008.5.1.4.1.1.6.1",      // US
-    "1.2.840.10008.5.1.4.1.1.12.1",     // XA
-    "1.2.840.10008.5.1.4.1.1.12.2",     // RF
-    "1.2.840.10008.5.1.4.1.1.88.11",    // basic text SR
-    "1.2.840.10008.5.1.4.1.1.88.22",    // enhanced SR
+    "1.2.840.10008.5.1.4.1.1.1",     // CR
+    "1.2.840.10008.5.1.4.1.1.1.1",   // DX for presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1", // DX for processing
+    "1.2.840.10008.5.1.4.1.1.1.2",   // MG for presentation
+    "1.2.840.10008.5.1.4.1.1.1.2.1", // MG for processing
+    "1.2.840.10008.5.1.4.1.1.7",     // secondary capture
+    "1.2.840.10008.5.1.4.1.1.7.2",   // multi-frame grayscale byte SC
+    "1.2.840.10008.5.1.4.1.1.7.3",   // multi-frame grayscale word SC
+    "1.2.840.10008.5.1.4.1.1.7.4",   // multi-frame true colour SC
+    "1.2.840.10008.5.1.4.1.1.2",     // CT
+    "1.2.840.10008.5.1.4.1.1.4",     // MR
+    "1.2.840.10008.5.1.4.1.1.6.1",   // US
+    "1.2.840.10008.5.1.4.1.1.12.1",  // XA
+    "1.2.840.10008.5.1.4.1.1.12.2",  // RF
+    "1.2.840.10008.5.1.4.1.1.88.11", // basic text SR
+    "1.2.840.10008.5.1.4.1.1.88.22", // enhanced SR
     COMPREHENSIVE_SR,
-    "1.2.840.10008.5.1.4.1.1.88.59",    // key object selection
-    "1.2.840.10008.5.1.4.1.1.11.1",     // grayscale softcopy presentation state
-    "1.2.840.10008.5.1.4.1.1.104.1",    // encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.88.59", // key object selection
+    "1.2.840.10008.5.1.4.1.1.11.1",  // grayscale softcopy presentation state
+    "1.2.840.10008.5.1.4.1.1.104.1", // encapsulated PDF
 ];
 
 /// Storage classes a C-GET asks for when the archive does not list the study's classes: one
@@ -351,7 +351,11 @@ where
 
     /// The accepted presentation context for an abstract syntax (the first, or the first
     /// whose transfer syntax satisfies `prefer`).
-    pub fn context_for(&self, abstract_syntax: &str, prefer: &dyn Fn(&str) -> bool) -> Option<(u8, String)> {
+    pub fn context_for(
+        &self,
+        abstract_syntax: &str,
+        prefer: &dyn Fn(&str) -> bool,
+    ) -> Option<(u8, String)> {
         let accepted: Vec<_> = self
             .assoc
             .presentation_contexts()
@@ -370,17 +374,25 @@ where
     }
 
     /// Send a command (and its data set, when given).
-    pub fn send(&mut self, pc_id: u8, cmd: &InMemDicomObject, data: Option<&[u8]>) -> Result<(), PacsError> {
+    pub fn send(
+        &mut self,
+        pc_id: u8,
+        cmd: &InMemDicomObject,
+        data: Option<&[u8]>,
+    ) -> Result<(), PacsError> {
         let bytes = encode_command(cmd)?;
-        SyncAssociation::send(&mut self.assoc, &Pdu::PData {
+        SyncAssociation::send(
+            &mut self.assoc,
+            &Pdu::PData {
                 data: vec![PDataValue {
                     presentation_context_id: pc_id,
                     value_type: PDataValueType::Command,
                     is_last: true,
                     data: bytes,
                 }],
-            })
-            .map_err(|e| self.broken(format!("sending a command: {e}")))?;
+            },
+        )
+        .map_err(|e| self.broken(format!("sending a command: {e}")))?;
         if let Some(data) = data {
             let r = {
                 let mut w = self.assoc.send_pdata(pc_id);
@@ -449,7 +461,9 @@ where
                         return Err(self.broken("a data set arrived before its command"));
                     };
                     if *pc_id != pdv.presentation_context_id {
-                        return Err(self.broken("a data set arrived on another presentation context"));
+                        return Err(
+                            self.broken("a data set arrived on another presentation context")
+                        );
                     }
                     let n = pdv.data.len() as u64;
                     if data.len() as u64 + n > self.limits.max_instance_bytes {
@@ -467,7 +481,8 @@ where
                     }
                     data.extend_from_slice(&pdv.data);
                     if pdv.is_last {
-                        let (pc_id, command) = command.take().ok_or_else(|| self.broken("lost command"))?;
+                        let (pc_id, command) =
+                            command.take().ok_or_else(|| self.broken("lost command"))?;
                         return Ok(Incoming::Message(Message {
                             pc_id,
                             command,
@@ -510,9 +525,18 @@ pub trait Session: Send {
     /// Transfer syntax of a presentation context.
     fn ts_of(&self, pc_id: u8) -> Option<String>;
     /// Accepted context for an abstract syntax, preferring a transfer syntax.
-    fn context_for(&self, abstract_syntax: &str, prefer: &dyn Fn(&str) -> bool) -> Option<(u8, String)>;
+    fn context_for(
+        &self,
+        abstract_syntax: &str,
+        prefer: &dyn Fn(&str) -> bool,
+    ) -> Option<(u8, String)>;
     /// Send a command and optional data set.
-    fn send(&mut self, pc_id: u8, cmd: &InMemDicomObject, data: Option<&[u8]>) -> Result<(), PacsError>;
+    fn send(
+        &mut self,
+        pc_id: u8,
+        cmd: &InMemDicomObject,
+        data: Option<&[u8]>,
+    ) -> Result<(), PacsError>;
     /// Receive the next message, release or abort.
     fn receive(&mut self) -> Result<Incoming, PacsError>;
     /// Receive a message; release and abort are errors.
@@ -534,10 +558,19 @@ where
     fn ts_of(&self, pc_id: u8) -> Option<String> {
         Link::ts_of(self, pc_id)
     }
-    fn context_for(&self, abstract_syntax: &str, prefer: &dyn Fn(&str) -> bool) -> Option<(u8, String)> {
+    fn context_for(
+        &self,
+        abstract_syntax: &str,
+        prefer: &dyn Fn(&str) -> bool,
+    ) -> Option<(u8, String)> {
         Link::context_for(self, abstract_syntax, prefer)
     }
-    fn send(&mut self, pc_id: u8, cmd: &InMemDicomObject, data: Option<&[u8]>) -> Result<(), PacsError> {
+    fn send(
+        &mut self,
+        pc_id: u8,
+        cmd: &InMemDicomObject,
+        data: Option<&[u8]>,
+    ) -> Result<(), PacsError> {
         Link::send(self, pc_id, cmd, data)
     }
     fn receive(&mut self) -> Result<Incoming, PacsError> {
@@ -571,10 +604,26 @@ mod tests {
         let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
         assert_eq!(len, bytes.len() - 12);
         let back = decode_dataset(&bytes, "1.2.840.10008.1.2").unwrap();
-        assert_eq!(back.element(tags::COMMAND_FIELD).unwrap().to_int::<u16>().unwrap(), 0x0030);
-        assert_eq!(back.element(tags::MESSAGE_ID).unwrap().to_int::<u16>().unwrap(), 7);
         assert_eq!(
-            back.element(tags::AFFECTED_SOP_CLASS_UID).unwrap().to_str().unwrap().trim_end_matches('\0'),
+            back.element(tags::COMMAND_FIELD)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap(),
+            0x0030
+        );
+        assert_eq!(
+            back.element(tags::MESSAGE_ID)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap(),
+            7
+        );
+        assert_eq!(
+            back.element(tags::AFFECTED_SOP_CLASS_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0'),
             VERIFICATION
         );
     }

@@ -49,7 +49,9 @@ pub fn is_uid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.split('.').all(|c| {
-            !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c.len() == 1 || !c.starts_with('0'))
+            !c.is_empty()
+                && c.bytes().all(|b| b.is_ascii_digit())
+                && (c.len() == 1 || !c.starts_with('0'))
         })
 }
 
@@ -128,8 +130,16 @@ pub fn file_part10(
         }
     }
     let dir = out
-        .join(if study_uid.is_empty() { "no-study".into() } else { safe_name(&study_uid) })
-        .join(if series_uid.is_empty() { "no-series".into() } else { safe_name(&series_uid) });
+        .join(if study_uid.is_empty() {
+            "no-study".into()
+        } else {
+            safe_name(&study_uid)
+        })
+        .join(if series_uid.is_empty() {
+            "no-series".into()
+        } else {
+            safe_name(&series_uid)
+        });
     let path = dir.join(format!("{}.dcm", safe_name(&sop_instance_uid)));
     crate::util::atomic_write(&path, bytes)
         .map_err(|e| PacsError::io(format!("writing {}", path.display()), e))?;
@@ -150,10 +160,21 @@ mod tests {
     fn uids_and_safe_names() {
         assert!(is_uid("1.2.840.10008.1.2"));
         assert!(is_uid("2.25.0"));
-        for bad in ["", "1..2", "1.02", "../etc", "1.2/3", "1.2.", "a.b", &"1".repeat(65)] {
+        for bad in [
+            "",
+            "1..2",
+            "1.02",
+            "../etc",
+            "1.2/3",
+            "1.2.",
+            "a.b",
+            &"1".repeat(65),
+        ] {
             assert!(!is_uid(bad), "{bad}");
             let n = safe_name(bad);
-            assert!(n.starts_with('x') && n.len() == 33 && n.bytes().all(|b| b.is_ascii_alphanumeric()));
+            assert!(
+                n.starts_with('x') && n.len() == 33 && n.bytes().all(|b| b.is_ascii_alphanumeric())
+            );
         }
         assert_eq!(safe_name("1.2.3"), "1.2.3");
     }
@@ -165,7 +186,9 @@ mod tests {
         let bytes = std::fs::read(src).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let r = file_part10(dir.path(), &bytes, None).unwrap();
-        assert!(r.path.starts_with(dir.path().join(&r.study_uid).join(&r.series_uid)));
+        assert!(r
+            .path
+            .starts_with(dir.path().join(&r.study_uid).join(&r.series_uid)));
         assert_eq!(std::fs::read(&r.path).unwrap(), bytes);
         // a data set of the wrong instance, and a truncated one, are refused and leave nothing
         let dir2 = tempfile::tempdir().unwrap();
@@ -181,8 +204,16 @@ mod tests {
         let bytes = std::fs::read(&src).unwrap();
         let (layout, _) = crate::dicom::preflight::check(&bytes).unwrap();
         let obj = crate::dicom::object::parse(&bytes).unwrap();
-        let inst = obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
-        let class = obj.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+        let inst = obj
+            .meta()
+            .media_storage_sop_instance_uid()
+            .trim_end_matches('\0')
+            .to_string();
+        let class = obj
+            .meta()
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string();
         let dir = tempfile::tempdir().unwrap();
         let r = file_instance(
             dir.path(),
@@ -193,6 +224,9 @@ mod tests {
         )
         .unwrap();
         let loaded = crate::dicom::load(&r.path).unwrap();
-        assert_eq!(loaded.info.rows, obj.element(tags::ROWS).unwrap().to_int::<u32>().unwrap());
+        assert_eq!(
+            loaded.info.rows,
+            obj.element(tags::ROWS).unwrap().to_int::<u32>().unwrap()
+        );
     }
 }

@@ -167,7 +167,8 @@ impl Query {
     pub fn validate(&self) -> Result<(), PacsError> {
         let d = self.study_date.trim();
         if !d.is_empty() {
-            let ok_date = |s: &str| s.is_empty() || (s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()));
+            let ok_date =
+                |s: &str| s.is_empty() || (s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()));
             let parts: Vec<&str> = d.split('-').collect();
             let ok = match parts.as_slice() {
                 [one] => !one.is_empty() && ok_date(one),
@@ -286,7 +287,11 @@ pub fn echo(node: &Node) -> Result<std::time::Duration, PacsError> {
 }
 
 /// C-FIND or QIDO-RS.
-pub fn find(node: &Node, q: &Query, cancel: &crate::util::Cancel) -> Result<Vec<Record>, PacsError> {
+pub fn find(
+    node: &Node,
+    q: &Query,
+    cancel: &crate::util::Cancel,
+) -> Result<Vec<Record>, PacsError> {
     match node.validate()? {
         NodeSpec::Dimse { .. } => scu::find(node, q, cancel),
         NodeSpec::Web { .. } => web::WebClient::new(node)?.find(q, cancel),
@@ -329,12 +334,23 @@ pub fn retrieve(
 ) -> Result<Retrieved, PacsError> {
     match node.validate()? {
         NodeSpec::Dimse { .. } => match opts.method {
-            node::RetrieveMethod::Get => scu::get(node, req, out_dir, opts.limits, cancel, progress),
+            node::RetrieveMethod::Get => {
+                scu::get(node, req, out_dir, opts.limits, cancel, progress)
+            }
             node::RetrieveMethod::Move => scu::move_to_self(
-                node, req, out_dir, &opts.bind, opts.port, opts.limits, cancel, progress,
+                node,
+                req,
+                out_dir,
+                &opts.bind,
+                opts.port,
+                opts.limits,
+                cancel,
+                progress,
             ),
         },
-        NodeSpec::Web { .. } => web::WebClient::new(node)?.retrieve(req, out_dir, opts.limits, cancel, progress),
+        NodeSpec::Web { .. } => {
+            web::WebClient::new(node)?.retrieve(req, out_dir, opts.limits, cancel, progress)
+        }
     }
 }
 
@@ -364,7 +380,13 @@ mod tests {
 
     #[test]
     fn study_dates_are_checked() {
-        for ok in ["20040826", "20040101-20041231", "20040101-", "-20041231", ""] {
+        for ok in [
+            "20040826",
+            "20040101-20041231",
+            "20040101-",
+            "-20041231",
+            "",
+        ] {
             let q = Query {
                 study_date: ok.into(),
                 ..Default::default()

@@ -31,7 +31,11 @@ impl NodeSpec {
         let lower = s.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
             let base_url = s.trim_end_matches('/').to_string();
-            if base_url.split("://").nth(1).is_none_or(|rest| rest.is_empty()) {
+            if base_url
+                .split("://")
+                .nth(1)
+                .is_none_or(|rest| rest.is_empty())
+            {
                 return Err(PacsError::Invalid(format!("{s:?} has no host")));
             }
             return Ok(NodeSpec::Web { base_url });

@@ -139,7 +139,10 @@ impl AccessControl for Allow {
     ) -> Result<(), AssociationRJServiceUserReason> {
         let calling = calling_ae_title.trim();
         let refuse = |reason: AssociationRJServiceUserReason, why: String| {
-            tracing::warn!("refused association from {calling:?} at {}: {why}", self.peer);
+            tracing::warn!(
+                "refused association from {calling:?} at {}: {why}",
+                self.peer
+            );
             (self.sink)(ScpEvent::Refused {
                 calling: calling.to_string(),
                 peer: self.peer.clone(),
@@ -182,7 +185,9 @@ impl Listener {
             .map_err(|e| PacsError::io(format!("listening on {}:{}", cfg.bind, cfg.port), e))?;
         sock.set_nonblocking(true)
             .map_err(|e| PacsError::io("listener socket", e))?;
-        let addr = sock.local_addr().map_err(|e| PacsError::io("listener socket", e))?;
+        let addr = sock
+            .local_addr()
+            .map_err(|e| PacsError::io("listener socket", e))?;
         let stop = Cancel::new();
         let active = Arc::new(AtomicUsize::new(0));
         let (stop2, active2) = (stop.clone(), active.clone());
@@ -252,12 +257,13 @@ fn accept_loop(
                 }
                 active.fetch_add(1, Ordering::SeqCst);
                 let (cfg, sink, active) = (cfg.clone(), sink.clone(), active.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("pacs-assoc".into())
-                    .spawn(move || {
-                        serve_connection(stream, peer, &cfg, &sink);
-                        active.fetch_sub(1, Ordering::SeqCst);
-                    });
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("pacs-assoc".into())
+                        .spawn(move || {
+                            serve_connection(stream, peer, &cfg, &sink);
+                            active.fetch_sub(1, Ordering::SeqCst);
+                        });
                 if let Err(e) = spawned {
                     tracing::error!("cannot start an association thread: {e}");
                 }
@@ -301,14 +307,18 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, cfg: &ScpConfig, sink: 
             .tls_config(tls.clone())
             .establish_tls(stream)
             .map(|a| {
-                let calling = dicom_ul::association::Association::peer_ae_title(&a).trim().to_string();
+                let calling = dicom_ul::association::Association::peer_ae_title(&a)
+                    .trim()
+                    .to_string();
                 Box::new(Link::new(a, calling, cfg.limits)) as Box<dyn Session>
             })
             .map_err(|e| super::scu::describe_ul_error(&e)),
         None => opts
             .establish(stream)
             .map(|a| {
-                let calling = dicom_ul::association::Association::peer_ae_title(&a).trim().to_string();
+                let calling = dicom_ul::association::Association::peer_ae_title(&a)
+                    .trim()
+                    .to_string();
                 Box::new(Link::new(a, calling, cfg.limits)) as Box<dyn Session>
             })
             .map_err(|e| super::scu::describe_ul_error(&e)),
@@ -418,7 +428,11 @@ fn echo_reply(session: &mut dyn Session, msg: &Message) -> Result<(), PacsError>
     session.send(msg.pc_id, &rsp, None)
 }
 
-fn unsupported_reply(session: &mut dyn Session, msg: &Message, field: u16) -> Result<(), PacsError> {
+fn unsupported_reply(
+    session: &mut dyn Session,
+    msg: &Message,
+    field: u16,
+) -> Result<(), PacsError> {
     if field & 0x8000 != 0 || field == field::C_CANCEL_RQ {
         return Ok(()); // a response or a cancel: nothing to answer
     }
@@ -458,7 +472,12 @@ pub fn store_reply(
         us(tags::STATUS, status),
     ];
     if let Err(e) = &result {
-        let comment: String = e.to_string().chars().filter(|c| *c != '\\').take(64).collect();
+        let comment: String = e
+            .to_string()
+            .chars()
+            .filter(|c| *c != '\\')
+            .take(64)
+            .collect();
         rest.push(lo(tags::ERROR_COMMENT, &comment));
     }
     let rsp = command(

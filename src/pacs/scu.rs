@@ -7,17 +7,21 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{tags, StandardDataDictionary};
-use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_object::InMemDicomObject;
 use dicom_ul::association::client::ClientAssociationOptions;
 use serde_json::Value;
 
-use super::dimse::{self, command, field, status_kind, uid, us, ae, Incoming, Link, Session, StatusKind};
+use super::dimse::{
+    self, ae, command, field, status_kind, uid, us, Incoming, Link, Session, StatusKind,
+};
 use super::node::{Node, NodeSpec};
 use super::scp::{self, Listener, ScpConfig, ScpEvent};
-use super::{Level, Limits, PacsError, Progress, Query, Record, RetrieveRequest, Retrieved, SendStatus};
+use super::{
+    Level, Limits, PacsError, Progress, Query, Record, RetrieveRequest, Retrieved, SendStatus,
+};
 use crate::util::Cancel;
 
 /// How long a peer may stay silent before an operation gives up.
@@ -47,7 +51,12 @@ pub fn connect(
     scp_roles: &[&str],
     limits: Limits,
 ) -> Result<Box<dyn Session>, PacsError> {
-    let NodeSpec::Dimse { ae_title, host, port } = node.validate()? else {
+    let NodeSpec::Dimse {
+        ae_title,
+        host,
+        port,
+    } = node.validate()?
+    else {
         return Err(PacsError::Invalid(format!(
             "{} is a DICOMweb node; this needs a DIMSE node (AET@HOST:PORT)",
             node.address
@@ -84,7 +93,10 @@ pub fn connect(
             },
             E::NoAcceptedPresentationContexts { .. } => PacsError::NoContext {
                 node: name.clone(),
-                what: contexts.first().map(|c| c.0.to_string()).unwrap_or_default(),
+                what: contexts
+                    .first()
+                    .map(|c| c.0.to_string())
+                    .unwrap_or_default(),
             },
             _ => PacsError::Association {
                 node: name.clone(),
@@ -122,7 +134,12 @@ fn need_context(session: &dyn Session, abs: &str, what: &str) -> Result<(u8, Str
 /// C-ECHO: whether the node answers, and how long the round trip took.
 pub fn echo(node: &Node) -> Result<Duration, PacsError> {
     let t0 = Instant::now();
-    let mut s = connect(node, &[(dimse::VERIFICATION, plain_ts())], &[], Limits::default())?;
+    let mut s = connect(
+        node,
+        &[(dimse::VERIFICATION, plain_ts())],
+        &[],
+        Limits::default(),
+    )?;
     let (pc, _) = need_context(s.as_ref(), dimse::VERIFICATION, "verification")?;
     let rq = command(
         field::C_ECHO_RQ,
@@ -217,7 +234,10 @@ pub fn record_of(obj: &InMemDicomObject) -> Record {
     let mut r = Record::new();
     for e in obj {
         let tag = e.header().tag;
-        if tag == tags::QUERY_RETRIEVE_LEVEL || tag == tags::SPECIFIC_CHARACTER_SET || tag.group() == 0x0002 {
+        if tag == tags::QUERY_RETRIEVE_LEVEL
+            || tag == tags::SPECIFIC_CHARACTER_SET
+            || tag.group() == 0x0002
+        {
             continue;
         }
         let Some(entry) = StandardDataDictionary.by_tag(tag) else {
@@ -230,7 +250,11 @@ pub fn record_of(obj: &InMemDicomObject) -> Record {
         }
         let Ok(text) = e.to_str() else { continue };
         let numeric = matches!(vr, VR::IS | VR::US | VR::UL | VR::SS | VR::SL);
-        if let Some(v) = record_value(keyword, numeric, text.split('\\').map(str::to_string).collect()) {
+        if let Some(v) = record_value(
+            keyword,
+            numeric,
+            text.split('\\').map(str::to_string).collect(),
+        ) {
             r.insert(keyword.to_string(), v);
         }
     }
@@ -290,7 +314,13 @@ fn find_raw(
 }
 
 fn send_cancel(s: &mut dyn Session, pc: u8, message_id: u16) -> Result<(), PacsError> {
-    let rq = command(field::C_CANCEL_RQ, tags::MESSAGE_ID_BEING_RESPONDED_TO, message_id, false, []);
+    let rq = command(
+        field::C_CANCEL_RQ,
+        tags::MESSAGE_ID_BEING_RESPONDED_TO,
+        message_id,
+        false,
+        [],
+    );
     s.send(pc, &rq, None)
 }
 
@@ -298,7 +328,12 @@ fn send_cancel(s: &mut dyn Session, pc: u8, message_id: u16) -> Result<(), PacsE
 /// search first and then asks each matching study for its series (the study root hierarchy).
 pub fn find(node: &Node, q: &Query, cancel: &Cancel) -> Result<Vec<Record>, PacsError> {
     q.validate()?;
-    let mut s = connect(node, &[(dimse::STUDY_ROOT_FIND, plain_ts())], &[], Limits::default())?;
+    let mut s = connect(
+        node,
+        &[(dimse::STUDY_ROOT_FIND, plain_ts())],
+        &[],
+        Limits::default(),
+    )?;
     let (pc, ts) = need_context(s.as_ref(), dimse::STUDY_ROOT_FIND, "study root C-FIND")?;
     let result = (|| {
         let studies = find_raw(s.as_mut(), pc, &ts, &study_identifier(q), 1, cancel)?;
@@ -323,7 +358,13 @@ pub fn find(node: &Node, q: &Query, cancel: &Cancel) -> Result<Vec<Record>, Pacs
                 cancel,
             )?;
             for mut se in series {
-                for k in ["PatientName", "PatientID", "StudyDate", "StudyDescription", "AccessionNumber"] {
+                for k in [
+                    "PatientName",
+                    "PatientID",
+                    "StudyDate",
+                    "StudyDescription",
+                    "AccessionNumber",
+                ] {
                     if let Some(v) = st.get(k) {
                         se.entry(k.to_string()).or_insert_with(|| v.clone());
                     }
@@ -351,7 +392,11 @@ fn retrieve_identifier(req: &RetrieveRequest) -> InMemDicomObject {
         str_el(
             tags::QUERY_RETRIEVE_LEVEL,
             VR::CS,
-            if req.series_uid.is_some() { "SERIES" } else { "STUDY" },
+            if req.series_uid.is_some() {
+                "SERIES"
+            } else {
+                "STUDY"
+            },
         ),
         str_el(tags::STUDY_INSTANCE_UID, VR::UI, &req.study_uid),
     ]);
@@ -401,15 +446,22 @@ fn retrieve_response(
             // some instances came: keep them and say what failed
             out.failed.push(format!(
                 "{operation} ended with status {status:#06x} ({}){}",
-                m.comment().unwrap_or_else(|| dimse::status_text(status).to_string()),
-                if failed > 0 { format!(", {failed} sub-operation(s) failed") } else { String::new() }
+                m.comment()
+                    .unwrap_or_else(|| dimse::status_text(status).to_string()),
+                if failed > 0 {
+                    format!(", {failed} sub-operation(s) failed")
+                } else {
+                    String::new()
+                }
             ));
             Ok(true)
         }
         StatusKind::Failure => Err(PacsError::Status {
             operation,
             status,
-            comment: m.comment().or_else(|| Some(dimse::status_text(status).to_string())),
+            comment: m
+                .comment()
+                .or_else(|| Some(dimse::status_text(status).to_string())),
         }),
     }
 }
@@ -417,7 +469,12 @@ fn retrieve_response(
 /// SOPClassesInStudy of a study, when the archive answers it (empty otherwise).
 fn study_sop_classes(node: &Node, study_uid: &str) -> Vec<String> {
     let run = || -> Result<Vec<String>, PacsError> {
-        let mut s = connect(node, &[(dimse::STUDY_ROOT_FIND, plain_ts())], &[], Limits::default())?;
+        let mut s = connect(
+            node,
+            &[(dimse::STUDY_ROOT_FIND, plain_ts())],
+            &[],
+            Limits::default(),
+        )?;
         let (pc, ts) = need_context(s.as_ref(), dimse::STUDY_ROOT_FIND, "study root C-FIND")?;
         let id = InMemDicomObject::from_element_iter([
             str_el(tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY"),
@@ -429,7 +486,10 @@ fn study_sop_classes(node: &Node, study_uid: &str) -> Vec<String> {
         Ok(r?
             .iter()
             .flat_map(|rec| match rec.get("SOPClassesInStudy") {
-                Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
                 _ => Vec::new(),
             })
             .filter(|c| super::filing::is_uid(c))
@@ -442,7 +502,9 @@ fn study_sop_classes(node: &Node, study_uid: &str) -> Vec<String> {
             v
         }
         Err(e) => {
-            tracing::info!("SOPClassesInStudy not available ({e}); asking for the radiography classes");
+            tracing::info!(
+                "SOPClassesInStudy not available ({e}); asking for the radiography classes"
+            );
             Vec::new()
         }
     }
@@ -467,7 +529,11 @@ pub fn get(
     let classes: Vec<&str> = if classes.is_empty() {
         dimse::GET_FALLBACK_CLASSES.to_vec()
     } else {
-        classes.iter().map(String::as_str).take(dimse::GET_MAX_CLASSES).collect()
+        classes
+            .iter()
+            .map(String::as_str)
+            .take(dimse::GET_MAX_CLASSES)
+            .collect()
     };
     let mut contexts: Vec<(&str, Vec<&str>)> = vec![(dimse::STUDY_ROOT_GET, plain_ts())];
     for c in &classes {
@@ -486,7 +552,10 @@ pub fn get(
         tags::MESSAGE_ID,
         1,
         true,
-        [uid(tags::AFFECTED_SOP_CLASS_UID, dimse::STUDY_ROOT_GET), us(tags::PRIORITY, 0)],
+        [
+            uid(tags::AFFECTED_SOP_CLASS_UID, dimse::STUDY_ROOT_GET),
+            us(tags::PRIORITY, 0),
+        ],
     );
     let mut got = Retrieved::default();
     let mut cancelled = false;
@@ -506,17 +575,17 @@ pub fn get(
                 field::C_STORE_RQ => {
                     match scp::store_reply(s.as_mut(), &m, out_dir)? {
                         Ok(r) => got.files.push(r.path),
-                        Err(e) => got.failed.push(format!("{}: {e}", m.str(tags::AFFECTED_SOP_INSTANCE_UID))),
+                        Err(e) => got
+                            .failed
+                            .push(format!("{}: {e}", m.str(tags::AFFECTED_SOP_INSTANCE_UID))),
                     }
                     progress(Progress {
                         done: got.files.len() + got.failed.len(),
                         total: None,
                     });
                 }
-                field::C_GET_RSP => {
-                    if retrieve_response(&m, "C-GET", &mut got, progress)? {
-                        return Ok(());
-                    }
+                field::C_GET_RSP if retrieve_response(&m, "C-GET", &mut got, progress)? => {
+                    return Ok(());
                 }
                 _ => {}
             }
@@ -575,9 +644,9 @@ pub fn move_to_self(
             match e {
                 ScpEvent::Stored { received, .. } => got.files.push(received.path),
                 ScpEvent::Failed { reason, .. } => got.failed.push(reason),
-                ScpEvent::Refused { calling, reason, .. } => {
-                    got.failed.push(format!("refused {calling}: {reason}"))
-                }
+                ScpEvent::Refused {
+                    calling, reason, ..
+                } => got.failed.push(format!("refused {calling}: {reason}")),
                 _ => {}
             }
         }
@@ -602,7 +671,9 @@ pub fn move_to_self(
             s.send(pc, &rq, Some(&data))?;
             loop {
                 let m = s.expect_message()?;
-                if m.field() == field::C_MOVE_RSP && retrieve_response(&m, "C-MOVE", &mut got, progress)? {
+                if m.field() == field::C_MOVE_RSP
+                    && retrieve_response(&m, "C-MOVE", &mut got, progress)?
+                {
                     return Ok(());
                 }
                 if cancel.is_cancelled() && !cancelled {
@@ -646,12 +717,17 @@ pub fn store(
         let read = crate::dicom::object::read_limited(f)
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
-                let (layout, _) = crate::dicom::preflight::check(&bytes).map_err(|e| e.to_string())?;
+                let (layout, _) =
+                    crate::dicom::preflight::check(&bytes).map_err(|e| e.to_string())?;
                 let obj = crate::dicom::object::parse(&bytes).map_err(|e| e.to_string())?;
                 let m = obj.meta();
                 Ok((
-                    m.media_storage_sop_class_uid().trim_end_matches('\0').to_string(),
-                    m.media_storage_sop_instance_uid().trim_end_matches('\0').to_string(),
+                    m.media_storage_sop_class_uid()
+                        .trim_end_matches('\0')
+                        .to_string(),
+                    m.media_storage_sop_instance_uid()
+                        .trim_end_matches('\0')
+                        .to_string(),
                     layout,
                     bytes,
                 ))
@@ -668,7 +744,11 @@ pub fn store(
                     start: layout.dataset_start,
                 });
             }
-            Ok(_) => results.push(Some(failed(f, None, "not a DICOM Part-10 file (no meta header)"))),
+            Ok(_) => results.push(Some(failed(
+                f,
+                None,
+                "not a DICOM Part-10 file (no meta header)",
+            ))),
             Err(e) => results.push(Some(failed(f, None, &e))),
         }
     }
@@ -700,13 +780,21 @@ pub fn store(
             .map(|(c, t)| (c.as_str(), t.iter().map(String::as_str).collect()))
             .collect();
         let mut s = connect(node, &ctx, &[], Limits::default())?;
-        let mut done = 0;
         for (i, it) in items.iter().enumerate() {
             if cancel.is_cancelled() {
                 s.abort();
                 return Err(PacsError::Cancelled);
             }
-            let st = store_one(s.as_mut(), it.file.as_path(), &it.class, &it.instance, &it.ts, &it.bytes, it.start, i);
+            let st = store_one(
+                s.as_mut(),
+                it.file.as_path(),
+                &it.class,
+                &it.instance,
+                &it.ts,
+                &it.bytes,
+                it.start,
+                i,
+            );
             match st {
                 Ok(st) => statuses.push(st),
                 Err(e) => {
@@ -714,9 +802,8 @@ pub fn store(
                     return Err(e);
                 }
             }
-            done += 1;
             progress(Progress {
-                done,
+                done: i + 1,
                 total: Some(items.len()),
             });
         }
@@ -761,7 +848,8 @@ fn store_one(
     let data: &[u8] = if accepted == ts {
         &bytes[start..]
     } else {
-        let obj = crate::dicom::object::parse(bytes).map_err(|e| PacsError::Invalid(e.to_string()))?;
+        let obj =
+            crate::dicom::object::parse(bytes).map_err(|e| PacsError::Invalid(e.to_string()))?;
         recoded = dimse::encode_dataset(&obj, &accepted)?;
         &recoded
     };
@@ -795,7 +883,9 @@ fn store_one(
             _ => "failure",
         },
         status: Some(status),
-        message: (kind != StatusKind::Success)
-            .then(|| rsp.comment().unwrap_or_else(|| dimse::status_text(status).to_string())),
+        message: (kind != StatusKind::Success).then(|| {
+            rsp.comment()
+                .unwrap_or_else(|| dimse::status_text(status).to_string())
+        }),
     })
 }

@@ -21,7 +21,10 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PacsError> {
         .collect::<Result<_, _>>()
         .map_err(|e| PacsError::Tls(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(PacsError::Tls(format!("{} holds no certificate", path.display())));
+        return Err(PacsError::Tls(format!(
+            "{} holds no certificate",
+            path.display()
+        )));
     }
     Ok(certs)
 }

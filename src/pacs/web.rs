@@ -11,7 +11,10 @@ use serde_json::Value;
 
 use super::node::{Node, NodeSpec};
 use super::scu::record_value;
-use super::{filing, Level, Limits, PacsError, Progress, Query, Record, RetrieveRequest, Retrieved, SendStatus};
+use super::{
+    filing, Level, Limits, PacsError, Progress, Query, Record, RetrieveRequest, Retrieved,
+    SendStatus,
+};
 use crate::util::Cancel;
 
 /// A DICOMweb service root with its credentials.
@@ -67,11 +70,23 @@ impl WebClient {
         let detail: String = body.chars().take(300).collect();
         Err(Self::err(
             url,
-            format!("HTTP {status}{}", if detail.is_empty() { String::new() } else { format!(": {detail}") }),
+            format!(
+                "HTTP {status}{}",
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                }
+            ),
         ))
     }
 
-    fn get(&self, url: &str, accept: &str, params: &[(&str, String)]) -> Result<ureq::http::Response<ureq::Body>, PacsError> {
+    fn get(
+        &self,
+        url: &str,
+        accept: &str,
+        params: &[(&str, String)],
+    ) -> Result<ureq::http::Response<ureq::Body>, PacsError> {
         let mut rq = self.agent.get(url).header("Accept", accept);
         if let Some(a) = &self.auth {
             rq = rq.header("Authorization", a);
@@ -98,7 +113,8 @@ impl WebClient {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Vec::new());
         }
-        let v: Value = serde_json::from_slice(&body).map_err(|e| Self::err(&url, format!("not DICOM JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| Self::err(&url, format!("not DICOM JSON: {e}")))?;
         let Value::Array(items) = v else {
             return Err(Self::err(&url, "QIDO-RS answer is not a JSON array"));
         };
@@ -161,7 +177,13 @@ impl WebClient {
                 sp.push(("Modality", q.modality.trim().to_string()));
             }
             for mut se in self.qido(&format!("studies/{uid}/series"), &sp)? {
-                for k in ["PatientName", "PatientID", "StudyDate", "StudyDescription", "AccessionNumber"] {
+                for k in [
+                    "PatientName",
+                    "PatientID",
+                    "StudyDate",
+                    "StudyDescription",
+                    "AccessionNumber",
+                ] {
                     if let Some(v) = st.get(k) {
                         se.entry(k.to_string()).or_insert_with(|| v.clone());
                     }
@@ -191,18 +213,28 @@ impl WebClient {
         let total = instances.len();
         let mut got = Retrieved::default();
         let mut bytes_total: u64 = 0;
-        progress(Progress { done: 0, total: Some(total) });
+        progress(Progress {
+            done: 0,
+            total: Some(total),
+        });
         for inst in &instances {
             if cancel.is_cancelled() {
                 return Err(PacsError::Cancelled);
             }
             let sop = super::text(inst, "SOPInstanceUID");
-            let series = req.series_uid.clone().unwrap_or_else(|| super::text(inst, "SeriesInstanceUID"));
+            let series = req
+                .series_uid
+                .clone()
+                .unwrap_or_else(|| super::text(inst, "SeriesInstanceUID"));
             if !filing::is_uid(&sop) || !filing::is_uid(&series) {
-                got.failed.push(format!("instance {sop:?} of series {series:?}: not a UID"));
+                got.failed
+                    .push(format!("instance {sop:?} of series {series:?}: not a UID"));
                 continue;
             }
-            let url = format!("{}/studies/{}/series/{series}/instances/{sop}", self.base, req.study_uid);
+            let url = format!(
+                "{}/studies/{}/series/{series}/instances/{sop}",
+                self.base, req.study_uid
+            );
             match self.fetch_instance(&url, limits, &mut bytes_total) {
                 Ok(parts) => {
                     for part in parts {
@@ -223,8 +255,17 @@ impl WebClient {
         Ok(got)
     }
 
-    fn fetch_instance(&self, url: &str, limits: Limits, bytes_total: &mut u64) -> Result<Vec<Vec<u8>>, PacsError> {
-        let mut resp = self.get(url, "multipart/related; type=\"application/dicom\"; transfer-syntax=*", &[])?;
+    fn fetch_instance(
+        &self,
+        url: &str,
+        limits: Limits,
+        bytes_total: &mut u64,
+    ) -> Result<Vec<Vec<u8>>, PacsError> {
+        let mut resp = self.get(
+            url,
+            "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
+            &[],
+        )?;
         if matches!(resp.status().as_u16(), 400 | 406) {
             resp = self.get(url, "multipart/related; type=\"application/dicom\"", &[])?;
         }
@@ -254,7 +295,8 @@ impl WebClient {
                 limits.max_association_bytes
             )));
         }
-        let boundary = boundary_of(&ctype).ok_or_else(|| Self::err(url, format!("not multipart: {ctype:?}")))?;
+        let boundary = boundary_of(&ctype)
+            .ok_or_else(|| Self::err(url, format!("not multipart: {ctype:?}")))?;
         let parts = split_multipart(&body, &boundary);
         if parts.is_empty() {
             return Err(Self::err(url, "the multipart answer holds no part"));
@@ -263,7 +305,12 @@ impl WebClient {
     }
 
     /// STOW-RS, one request per file, one status per file.
-    pub fn store(&self, files: &[PathBuf], cancel: &Cancel, progress: &dyn Fn(Progress)) -> Result<Vec<SendStatus>, PacsError> {
+    pub fn store(
+        &self,
+        files: &[PathBuf],
+        cancel: &Cancel,
+        progress: &dyn Fn(Progress),
+    ) -> Result<Vec<SendStatus>, PacsError> {
         let url = format!("{}/studies", self.base);
         let mut out = Vec::new();
         for (i, f) in files.iter().enumerate() {
@@ -292,22 +339,24 @@ impl WebClient {
             Err(e) => return fail(e.to_string(), None, None),
         };
         let sop = match crate::dicom::object::parse(&bytes) {
-            Ok(o) => o.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string(),
+            Ok(o) => o
+                .meta()
+                .media_storage_sop_instance_uid()
+                .trim_end_matches('\0')
+                .to_string(),
             Err(e) => return fail(e.to_string(), None, None),
         };
         let boundary = format!("lofi-{}", &crate::util::sha256_hex(sop.as_bytes())[..24]);
         let mut body = Vec::with_capacity(bytes.len() + 256);
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
         body.extend_from_slice(&bytes);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let mut rq = self
-            .agent
-            .post(url)
-            .header("Accept", DICOM_JSON)
-            .header(
-                "Content-Type",
-                format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
-            );
+        let mut rq = self.agent.post(url).header("Accept", DICOM_JSON).header(
+            "Content-Type",
+            format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
+        );
         if let Some(a) = &self.auth {
             rq = rq.header("Authorization", a);
         }
@@ -316,7 +365,12 @@ impl WebClient {
             Err(e) => return fail(Self::err(url, e).to_string(), None, Some(sop)),
         };
         let status = resp.status().as_u16();
-        let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .unwrap_or_default();
         let failed_reason = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.get("00081198").and_then(|f| f.get("Value")).cloned())
@@ -338,7 +392,10 @@ impl WebClient {
                 message: Some(text.chars().take(300).collect()),
             },
             _ => fail(
-                format!("HTTP {status}: {}", text.chars().take(300).collect::<String>()),
+                format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(300).collect::<String>()
+                ),
                 Some(status),
                 Some(sop),
             ),
@@ -351,21 +408,30 @@ pub fn record_of_json(v: &Value) -> Record {
     let mut r = Record::new();
     let Some(obj) = v.as_object() else { return r };
     for (hex, attr) in obj {
-        let Ok(raw) = u32::from_str_radix(hex, 16) else { continue };
+        let Ok(raw) = u32::from_str_radix(hex, 16) else {
+            continue;
+        };
         let tag = Tag((raw >> 16) as u16, (raw & 0xffff) as u16);
-        let Some(entry) = StandardDataDictionary.by_tag(tag) else { continue };
+        let Some(entry) = StandardDataDictionary.by_tag(tag) else {
+            continue;
+        };
         let keyword = entry.alias();
         let vr = attr.get("vr").and_then(Value::as_str).unwrap_or("");
         if matches!(vr, "SQ" | "OB" | "OW" | "UN") {
             continue;
         }
-        let Some(values) = attr.get("Value").and_then(Value::as_array) else { continue };
+        let Some(values) = attr.get("Value").and_then(Value::as_array) else {
+            continue;
+        };
         let parts: Vec<String> = values
             .iter()
             .filter_map(|x| match x {
                 Value::String(s) => Some(s.clone()),
                 Value::Number(n) => Some(n.to_string()),
-                Value::Object(o) => o.get("Alphabetic").and_then(Value::as_str).map(str::to_string),
+                Value::Object(o) => o
+                    .get("Alphabetic")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 _ => None,
             })
             .collect();
@@ -408,9 +474,13 @@ pub fn split_multipart(body: &[u8], boundary: &str) -> Vec<Vec<u8>> {
         if after > body.len() || body[after..].starts_with(b"--") {
             break;
         }
-        let Some(hend) = memchr::memmem::find(&body[after..], b"\r\n\r\n") else { break };
+        let Some(hend) = memchr::memmem::find(&body[after..], b"\r\n\r\n") else {
+            break;
+        };
         let start = after + hend + 4;
-        let Some(next) = finder.find(&body[start..]) else { break };
+        let Some(next) = finder.find(&body[start..]) else {
+            break;
+        };
         parts.push(body[start..start + next].to_vec());
         pos = start + next + 2;
     }

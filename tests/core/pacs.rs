@@ -12,7 +12,9 @@ use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
 use lofi_viewer::pacs::dimse::{self, command, field, uid, us, Link, Session};
 use lofi_viewer::pacs::node::RetrieveMethod;
 use lofi_viewer::pacs::scp::{Listener, ScpConfig, ScpEvent};
-use lofi_viewer::pacs::{self, Auth, Level, Limits, Node, PacsError, Query, RetrieveOptions, RetrieveRequest};
+use lofi_viewer::pacs::{
+    self, Auth, Level, Limits, Node, PacsError, Query, RetrieveOptions, RetrieveRequest,
+};
 use lofi_viewer::util::Cancel;
 
 use super::common::fixtures;
@@ -40,7 +42,9 @@ fn node(address: &str, our_ae: &str) -> Node {
 /// Every file under `dir`, recursively (hidden temporaries included).
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -77,7 +81,10 @@ fn pixels(p: &Path) -> Vec<i64> {
 fn echo_and_store_to_our_listener_file_by_uid_and_decode_identically() {
     let out = tempfile::tempdir().unwrap();
     let (l, events) = listener("LOFISCP", 0, &["LOFITEST"], out.path(), Limits::default());
-    let n = node(&format!("LOFISCP@127.0.0.1:{}", l.local_addr().port()), "LOFITEST");
+    let n = node(
+        &format!("LOFISCP@127.0.0.1:{}", l.local_addr().port()),
+        "LOFITEST",
+    );
     pacs::echo(&n).unwrap();
     let files = [
         fixtures().join("dicom/RG1_J2KI_cr_chest_pa_15bit_mono1_j2k.dcm"),
@@ -94,16 +101,22 @@ fn echo_and_store_to_our_listener_file_by_uid_and_decode_identically() {
     }
     // a file that is not DICOM never leaves
     assert_eq!(st[5].result, "failure");
-    assert!(st[5].message.as_ref().unwrap().contains("DICM"), "{:?}", st[5]);
+    assert!(
+        st[5].message.as_ref().unwrap().contains("DICM"),
+        "{:?}",
+        st[5]
+    );
     // a structurally sound file whose RLE segment is short passes the preflight, as it does
     // when opened, and fails at decoding with an error, as it does when opened
     assert_eq!(st[4].result, "success", "{:?}", st[4]);
     assert!(wait_for(&events, |e| matches!(e, ScpEvent::Ended { .. })));
     let stored = files_under(out.path());
     assert_eq!(stored.len(), 5, "{stored:?}");
-    let broken = stored
-        .iter()
-        .find(|p| p.to_str().unwrap().contains(st[4].sop_instance_uid.as_deref().unwrap()));
+    let broken = stored.iter().find(|p| {
+        p.to_str()
+            .unwrap()
+            .contains(st[4].sop_instance_uid.as_deref().unwrap())
+    });
     let broken = broken.unwrap();
     assert_eq!(
         lofi_viewer::dicom::load(broken).unwrap_err().to_string(),
@@ -111,10 +124,15 @@ fn echo_and_store_to_our_listener_file_by_uid_and_decode_identically() {
     );
     for (f, s) in files.iter().zip(&st).take(4) {
         let uid = s.sop_instance_uid.clone().unwrap();
-        let got = stored.iter().find(|p| p.file_name().unwrap().to_str().unwrap() == format!("{uid}.dcm"));
+        let got = stored
+            .iter()
+            .find(|p| p.file_name().unwrap().to_str().unwrap() == format!("{uid}.dcm"));
         let got = got.unwrap_or_else(|| panic!("{uid} not filed: {stored:?}"));
         // filed as OUT/<study>/<series>/<instance>.dcm and decodes to the same pixels
-        assert_eq!(got.parent().unwrap().parent().unwrap().parent().unwrap(), out.path());
+        assert_eq!(
+            got.parent().unwrap().parent().unwrap().parent().unwrap(),
+            out.path()
+        );
         assert_eq!(pixels(got), pixels(f), "{}", f.display());
     }
     l.stop(Duration::from_secs(5));
@@ -128,20 +146,26 @@ fn a_wrong_ae_title_is_refused_with_the_reason() {
     // a calling AE title that is not allowed
     let e = pacs::echo(&node(&format!("LOFISCP@127.0.0.1:{port}"), "STRANGER")).unwrap_err();
     match &e {
-        PacsError::Refused { reason, .. } => assert!(reason.contains("calling AE title"), "{reason}"),
+        PacsError::Refused { reason, .. } => {
+            assert!(reason.contains("calling AE title"), "{reason}")
+        }
         other => panic!("{other}"),
     }
     // a called AE title that is not ours
     let e = pacs::echo(&node(&format!("SOMEONE@127.0.0.1:{port}"), "LOFITEST")).unwrap_err();
     match &e {
-        PacsError::Refused { reason, .. } => assert!(reason.contains("called AE title"), "{reason}"),
+        PacsError::Refused { reason, .. } => {
+            assert!(reason.contains("called AE title"), "{reason}")
+        }
         other => panic!("{other}"),
     }
     let ev = events.lock().unwrap();
     let refused: Vec<_> = ev
         .iter()
         .filter_map(|e| match e {
-            ScpEvent::Refused { calling, reason, .. } => Some((calling.clone(), reason.clone())),
+            ScpEvent::Refused {
+                calling, reason, ..
+            } => Some((calling.clone(), reason.clone())),
             _ => None,
         })
         .collect();
@@ -158,10 +182,7 @@ fn raw_association(port: u16) -> Box<dyn Session> {
     let a = ClientAssociationOptions::new()
         .calling_ae_title("LOFITEST")
         .called_ae_title("LOFISCP")
-        .with_presentation_context(
-            "1.2.840.10008.5.1.4.1.1.1",
-            vec!["1.2.840.10008.1.2.1"],
-        )
+        .with_presentation_context("1.2.840.10008.5.1.4.1.1.1", vec!["1.2.840.10008.1.2.1"])
         .with_abstract_syntax(dimse::VERIFICATION)
         .establish(("127.0.0.1", port))
         .unwrap();
@@ -211,11 +232,20 @@ fn an_association_aborted_mid_transfer_leaves_no_file_and_the_listener_stays_up(
         })
         .unwrap();
     link.abort();
-    assert!(wait_for(&events, |e| matches!(e, ScpEvent::Failed { reason, .. } if reason.contains("aborted"))));
-    assert!(files_under(out.path()).is_empty(), "{:?}", files_under(out.path()));
+    assert!(wait_for(
+        &events,
+        |e| matches!(e, ScpEvent::Failed { reason, .. } if reason.contains("aborted"))
+    ));
+    assert!(
+        files_under(out.path()).is_empty(),
+        "{:?}",
+        files_under(out.path())
+    );
     // a connection dropped mid-data set (no abort) leaves nothing either
     let mut s = raw_association(port);
-    let (pc, _) = s.context_for("1.2.840.10008.5.1.4.1.1.1", &|_| true).unwrap();
+    let (pc, _) = s
+        .context_for("1.2.840.10008.5.1.4.1.1.1", &|_| true)
+        .unwrap();
     s.send(pc, &store_rq("1.2.3.4.6"), None).unwrap();
     drop(s);
     std::thread::sleep(Duration::from_millis(200));
@@ -230,7 +260,9 @@ fn a_malformed_data_set_is_refused_and_the_association_goes_on() {
     let out = tempfile::tempdir().unwrap();
     let (l, events) = listener("LOFISCP", 0, &["LOFITEST"], out.path(), Limits::default());
     let mut s = raw_association(l.local_addr().port());
-    let (pc, _) = s.context_for("1.2.840.10008.5.1.4.1.1.1", &|_| true).unwrap();
+    let (pc, _) = s
+        .context_for("1.2.840.10008.5.1.4.1.1.1", &|_| true)
+        .unwrap();
     // an element that claims 4 GB
     let garbage = [0x28u8, 0x00, 0x10, 0x00, b'U', b'S', 0xff, 0xff, 1, 2];
     s.send(pc, &store_rq("1.2.3.4.7"), Some(&garbage)).unwrap();
@@ -241,11 +273,19 @@ fn a_malformed_data_set_is_refused_and_the_association_goes_on() {
     // a data set whose SOP Instance UID differs from the command's is refused too
     let src = std::fs::read(fixtures().join("ts/b16.dcm")).unwrap();
     let (layout, _) = lofi_viewer::dicom::preflight::check(&src).unwrap();
-    s.send(pc, &store_rq("1.2.3.4.8"), Some(&src[layout.dataset_start..])).unwrap();
+    s.send(
+        pc,
+        &store_rq("1.2.3.4.8"),
+        Some(&src[layout.dataset_start..]),
+    )
+    .unwrap();
     assert_eq!(s.expect_message().unwrap().status(), 0xC000);
     assert!(files_under(out.path()).is_empty());
     s.release().unwrap();
-    assert!(wait_for(&events, |e| matches!(e, ScpEvent::Ended { stored: 0, .. })));
+    assert!(wait_for(&events, |e| matches!(
+        e,
+        ScpEvent::Ended { stored: 0, .. }
+    )));
     let failed = events
         .lock()
         .unwrap()
@@ -264,11 +304,20 @@ fn an_instance_over_the_size_limit_is_refused_and_nothing_is_kept() {
         max_association_bytes: 1 << 30,
     };
     let (l, events) = listener("LOFISCP", 0, &["LOFITEST"], out.path(), limits);
-    let n = node(&format!("LOFISCP@127.0.0.1:{}", l.local_addr().port()), "LOFITEST");
+    let n = node(
+        &format!("LOFISCP@127.0.0.1:{}", l.local_addr().port()),
+        "LOFITEST",
+    );
     let big = fixtures().join("dicom/RG1_J2KI_cr_chest_pa_15bit_mono1_j2k.dcm"); // 677 kB
     let r = pacs::send(&n, &[big], &Cancel::new(), &|_| {});
-    assert!(r.is_err() || r.as_ref().unwrap()[0].result == "failure", "{r:?}");
-    assert!(wait_for(&events, |e| matches!(e, ScpEvent::Failed { reason, .. } if reason.contains("limit"))));
+    assert!(
+        r.is_err() || r.as_ref().unwrap()[0].result == "failure",
+        "{r:?}"
+    );
+    assert!(wait_for(
+        &events,
+        |e| matches!(e, ScpEvent::Failed { reason, .. } if reason.contains("limit"))
+    ));
     assert!(files_under(out.path()).is_empty());
     // a small one still goes through on a new association
     let st = pacs::send(&n, &[fixtures().join("ts/b8.dcm")], &Cancel::new(), &|_| {}).unwrap();
@@ -282,24 +331,85 @@ fn openssl(args: &[&str], dir: &Path) {
         .current_dir(dir)
         .output()
         .expect("openssl is installed by scripts/setup-system.sh");
-    assert!(st.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 #[test]
 fn dimse_over_tls_echoes_and_stores() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    std::fs::write(p.join("ext.cnf"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
-    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lofi test CA"], p);
-    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "scp.key", "-out", "scp.csr", "-subj", "/CN=localhost"], p);
-    openssl(&["x509", "-req", "-in", "scp.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "scp.pem", "-days", "2", "-extfile", "ext.cnf"], p);
+    std::fs::write(
+        p.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=lofi test CA",
+        ],
+        p,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "scp.key",
+            "-out",
+            "scp.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        p,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "scp.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "scp.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+        p,
+    );
     let out = tempfile::tempdir().unwrap();
     let mut cfg = ScpConfig::new("LOFISCP", 0, out.path());
     cfg.bind = "127.0.0.1".into();
     cfg.allow = vec!["LOFITEST".into()];
     cfg.tls = Some(pacs::tls::server_config(&p.join("scp.pem"), &p.join("scp.key")).unwrap());
     let l = Listener::start(cfg, Arc::new(|_| {})).unwrap();
-    let mut n = node(&format!("LOFISCP@localhost:{}", l.local_addr().port()), "LOFITEST");
+    let mut n = node(
+        &format!("LOFISCP@localhost:{}", l.local_addr().port()),
+        "LOFITEST",
+    );
     n.tls = true;
     n.ca_file = Some(p.join("ca.pem"));
     pacs::echo(&n).unwrap();
@@ -332,10 +442,13 @@ fn orthanc() -> Option<Orthanc> {
             std::env::var("LOFI_REQUIRE_ORTHANC").is_err(),
             "LOFI_ORTHANC_DIMSE is not set but an Orthanc run was required"
         );
-        eprintln!("LOFI_ORTHANC_DIMSE not set: the Orthanc tests run under scripts/orthanc.sh (check.sh)");
+        eprintln!(
+            "LOFI_ORTHANC_DIMSE not set: the Orthanc tests run under scripts/orthanc.sh (check.sh)"
+        );
         return None;
     };
-    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set by scripts/orthanc.sh"));
+    let var =
+        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set by scripts/orthanc.sh"));
     Some(Orthanc {
         dimse,
         web: var("LOFI_ORTHANC_WEB"),
@@ -366,10 +479,15 @@ impl Orthanc {
         let url = format!("{}{path}", self.rest);
         let auth = format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.user, self.password))
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", self.user, self.password))
         );
         let mut resp = match method {
-            "GET" => agent.get(&url).header("Authorization", &auth).call().unwrap(),
+            "GET" => agent
+                .get(&url)
+                .header("Authorization", &auth)
+                .call()
+                .unwrap(),
             _ => agent
                 .post(&url)
                 .header("Authorization", &auth)
@@ -377,14 +495,24 @@ impl Orthanc {
                 .unwrap(),
         };
         let status = resp.status().as_u16();
-        (status, resp.body_mut().with_config().limit(64 << 20).read_to_vec().unwrap())
+        (
+            status,
+            resp.body_mut()
+                .with_config()
+                .limit(64 << 20)
+                .read_to_vec()
+                .unwrap(),
+        )
     }
     /// Orthanc's id of a study / instance by its DICOM UID.
     fn lookup(&self, uid: &str) -> String {
         let (st, body) = self.rest("POST", "/tools/lookup", Some(uid));
         assert_eq!(st, 200);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        v[0]["ID"].as_str().unwrap_or_else(|| panic!("{uid} not in Orthanc: {v}")).to_string()
+        v[0]["ID"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{uid} not in Orthanc: {v}"))
+            .to_string()
     }
 }
 
@@ -410,7 +538,11 @@ fn orthanc_echo_and_find_at_study_and_series_level() {
     assert_eq!(rg1[0]["NumberOfStudyRelatedInstances"], 3);
     assert_eq!(rg1[0]["ModalitiesInStudy"], serde_json::json!(["CR"]));
     assert_eq!(rg1[0]["PatientName"], "CompressedSamples^RG1");
-    assert_eq!(q(&|q| q.patient_name = "compressed*".into()).len(), 1, "wildcards, case-insensitive in Orthanc");
+    assert_eq!(
+        q(&|q| q.patient_name = "compressed*".into()).len(),
+        1,
+        "wildcards, case-insensitive in Orthanc"
+    );
     let by_date = q(&|q| q.study_date = "19000101-19011231".into());
     assert_eq!(by_date.len(), 1);
     assert_eq!(by_date[0]["StudyInstanceUID"], TXV_STUDY);
@@ -429,7 +561,9 @@ fn orthanc_echo_and_find_at_study_and_series_level() {
         .collect();
     counts.sort();
     assert_eq!(counts, vec![1, 2]);
-    assert!(series.iter().all(|s| s["PatientID"] == "9RG1" && s["Modality"] == "CR"));
+    assert!(series
+        .iter()
+        .all(|s| s["PatientID"] == "9RG1" && s["Modality"] == "CR"));
     // the series level without a study UID walks the studies
     let all_series = q(&|q| q.level = Level::Series);
     let seeded = all_series
@@ -444,7 +578,9 @@ fn orthanc_wrong_called_ae_title_is_refused() {
     let Some(o) = orthanc() else { return };
     let addr = o.dimse.replace("ORTHANC@", "NOTORTHANC@");
     match pacs::echo(&node(&addr, "LOFIVIEWER")).unwrap_err() {
-        PacsError::Refused { reason, .. } => assert!(reason.contains("called AE title"), "{reason}"),
+        PacsError::Refused { reason, .. } => {
+            assert!(reason.contains("called AE title"), "{reason}")
+        }
         other => panic!("{other}"),
     }
 }
@@ -520,7 +656,15 @@ fn orthanc_c_move_retrieves_to_our_scp_for_the_duration_of_the_move() {
         study_uid: RG1_STUDY.into(),
         series_uid: None,
     };
-    let got = pacs::retrieve(&o.dimse_node(), &req, out.path(), &opts, &Cancel::new(), &|_| {}).unwrap();
+    let got = pacs::retrieve(
+        &o.dimse_node(),
+        &req,
+        out.path(),
+        &opts,
+        &Cancel::new(),
+        &|_| {},
+    )
+    .unwrap();
     check_rg1(&got);
     // the SCP is gone after the move: the port is free again
     std::net::TcpListener::bind(("127.0.0.1", 11113)).unwrap();
@@ -535,12 +679,20 @@ fn orthanc_pushes_a_study_to_our_listener_and_a_stranger_is_refused() {
         o.rest(
             "POST",
             "/modalities/lofipush/store",
-            Some(&format!("{{\"Resources\": [\"{study}\"], \"Synchronous\": true}}")),
+            Some(&format!(
+                "{{\"Resources\": [\"{study}\"], \"Synchronous\": true}}"
+            )),
         )
     };
     // allowed: Orthanc's AE title is on the list
     let out = tempfile::tempdir().unwrap();
-    let (l, events) = listener("LOFIPUSH", 11114, &["ORTHANC"], out.path(), Limits::default());
+    let (l, events) = listener(
+        "LOFIPUSH",
+        11114,
+        &["ORTHANC"],
+        out.path(),
+        Limits::default(),
+    );
     let (st, body) = push();
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
     assert!(wait_for(&events, |e| matches!(e, ScpEvent::Ended { .. })));
@@ -553,7 +705,13 @@ fn orthanc_pushes_a_study_to_our_listener_and_a_stranger_is_refused() {
     l.stop(Duration::from_secs(2));
     // not on the list: refused, reported with the reason, nothing written
     let out = tempfile::tempdir().unwrap();
-    let (l, events) = listener("LOFIPUSH", 11114, &["SOMEONEELSE"], out.path(), Limits::default());
+    let (l, events) = listener(
+        "LOFIPUSH",
+        11114,
+        &["SOMEONEELSE"],
+        out.path(),
+        Limits::default(),
+    );
     let (st, _) = push();
     assert_ne!(st, 200);
     let ev = events.lock().unwrap();
@@ -586,13 +744,30 @@ fn orthanc_stores_our_structured_report_and_dsrdump_reads_it_back() {
         assert_eq!(status, 200);
         let p = d.path().join("back.dcm");
         std::fs::write(&p, bytes).unwrap();
-        let out = std::process::Command::new("dsrdump").arg("-Ee").arg(&p).output().unwrap();
+        let out = std::process::Command::new("dsrdump")
+            .arg("-Ee")
+            .arg(&p)
+            .output()
+            .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("cardiomegaly") && stdout.contains("SCOORD"), "{stdout}");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("cardiomegaly") && stdout.contains("SCOORD"),
+            "{stdout}"
+        );
         // filed in the image's study
         let obj = dicom_object::open_file(&p).unwrap();
-        assert_eq!(obj.element(tags::STUDY_INSTANCE_UID).unwrap().to_str().unwrap(), img.info.study_uid);
+        assert_eq!(
+            obj.element(tags::STUDY_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            img.info.study_uid
+        );
     }
 }
 
@@ -656,14 +831,38 @@ fn orthanc_cli_prints_the_contract_json() {
     let Some(o) = orthanc() else { return };
     let bin = env!("CARGO_BIN_EXE_lofi-viewer");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin).arg("--headless").args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(bin)
+            .arg("--headless")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let found = run(&["pacs", "find", "--node", &o.dimse, "--patient-name", "Compressed*"]);
+    let found = run(&[
+        "pacs",
+        "find",
+        "--node",
+        &o.dimse,
+        "--patient-name",
+        "Compressed*",
+    ]);
     assert_eq!(found[0]["StudyInstanceUID"], RG1_STUDY);
     let out = tempfile::tempdir().unwrap();
-    let got = run(&["pacs", "get", "--node", &o.dimse, "--study", RG1_STUDY, "--out", out.path().to_str().unwrap()]);
+    let got = run(&[
+        "pacs",
+        "get",
+        "--node",
+        &o.dimse,
+        "--study",
+        RG1_STUDY,
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
     assert_eq!(got["files"].as_array().unwrap().len(), 3);
     assert_eq!(got["failed"].as_array().unwrap().len(), 0);
     let echo = run(&["pacs", "echo", "--node", &o.dimse]);

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod pacs;
+
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use lofi_viewer::dicom::{self, lut, DisplayParams, Voi, VoiFunction};

@@ -111,6 +111,13 @@ pub fn panel_ui(
                         cmds.push(AppCommand::ExportDialog(kind));
                     }
                 }
+                if ui
+                    .button("Send SR to PACS")
+                    .on_hover_text("Send these findings as a DICOM Structured Report to the selected archive node (File → PACS)")
+                    .clicked()
+                {
+                    cmds.push(AppCommand::PacsSendSr);
+                }
                 if ui.button("Clear").clicked() {
                     cmds.push(AppCommand::ClearFindings);
                 }
