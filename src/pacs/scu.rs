@@ -93,10 +93,11 @@ pub fn connect(
             },
             E::NoAcceptedPresentationContexts { .. } => PacsError::NoContext {
                 node: name.clone(),
-                what: contexts
-                    .first()
-                    .map(|c| c.0.to_string())
-                    .unwrap_or_default(),
+                what: {
+                    let mut classes: Vec<&str> = contexts.iter().map(|c| c.0).collect();
+                    classes.dedup();
+                    classes.join(", ")
+                },
             },
             _ => PacsError::Association {
                 node: name.clone(),

@@ -188,10 +188,22 @@ fn pacs_search_and_retrieve_through_the_window_against_orthanc() {
     wait_until(&mut h, "search results", |a| {
         a.state.pacs.searching.is_none() && a.state.pacs.answered.is_some()
     });
-    assert_eq!(
-        h.state().state.pacs.results.len(),
-        2,
-        "{:?}",
+    // the two seeded studies (other suites may have stored more in the same archive)
+    let uids: Vec<String> = h
+        .state()
+        .state
+        .pacs
+        .results
+        .iter()
+        .map(|r| pacs::text(r, "StudyInstanceUID"))
+        .collect();
+    assert!(
+        uids.iter()
+            .any(|u| u == "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457")
+            && uids
+                .iter()
+                .any(|u| u == "1.2.276.0.7230010.3.1.2.8323329.6904.1517875201.850818"),
+        "{uids:?} {:?}",
         h.state().state.pacs.message
     );
     let _ = h.get_by_label("CompressedSamples RG1");

@@ -267,33 +267,17 @@ fn search_ui(
             ui.label("Patient ID");
             submit |= field(ui, &mut q.patient_id, "");
             ui.end_row();
-            ui.label("Study date");
-            ui.horizontal(|ui| {
-                ui.spacing_mut().item_spacing.x = 4.0;
-                submit |= ui
-                    .add(
-                        egui::TextEdit::singleline(&mut inputs.date_from)
-                            .hint_text("YYYYMMDD")
-                            .desired_width(84.0),
-                    )
-                    .lost_focus()
-                    && ui.input(|i| i.key_pressed(egui::Key::Enter));
-                ui.label("to");
-                submit |= ui
-                    .add(
-                        egui::TextEdit::singleline(&mut inputs.date_to)
-                            .hint_text("YYYYMMDD")
-                            .desired_width(84.0),
-                    )
-                    .lost_focus()
-                    && ui.input(|i| i.key_pressed(egui::Key::Enter));
-            });
+            ui.label("Study date from");
+            submit |= field(ui, &mut inputs.date_from, "YYYYMMDD");
+            ui.label("to");
+            submit |= field(ui, &mut inputs.date_to, "YYYYMMDD");
+            ui.end_row();
             let q = &mut inputs.query;
             ui.label("Modality");
             submit |= field(ui, &mut q.modality, "CR, DX…");
-            ui.end_row();
             ui.label("Accession");
             submit |= field(ui, &mut q.accession, "");
+            ui.end_row();
             ui.label("Level");
             ui.horizontal(|ui| {
                 ui.radio_value(&mut q.level, Level::Study, "studies");
