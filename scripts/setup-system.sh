@@ -10,12 +10,13 @@
 #   orthanc orthanc-dicomweb   the real archive the PACS tests run against (scripts/orthanc.sh);
 #                              installed with services kept from starting: it only ever runs
 #                              inside a private network namespace
-#   curl openssl               seeding Orthanc; certificates for the DIMSE-over-TLS test
+#   curl openssl socat         seeding Orthanc; test certificates; the HTTPS front end of the
+#                              DICOMweb tests (socat terminates TLS in front of Orthanc)
 #   python3-venv               the Milvus standalone server and benchmark peers come from PyPI
 set -euo pipefail
 pkgs=(cmake dcmtk libgdcm-tools xvfb mesa-vulkan-drivers libvulkan1 imagemagick
       libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1 iproute2 python3-venv pkg-config
-      orthanc orthanc-dicomweb curl openssl)
+      orthanc orthanc-dicomweb curl openssl socat)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -31,7 +31,19 @@ fn listener(ae: &str, port: u16, allow: &[&str], out: &Path, limits: Limits) -> 
     cfg.limits = limits;
     let events: Events = Arc::default();
     let e2 = events.clone();
-    let l = Listener::start(cfg, Arc::new(move |e| e2.lock().unwrap().push(e))).unwrap();
+    let sink: lofi_viewer::pacs::scp::EventSink = Arc::new(move |e| e2.lock().unwrap().push(e));
+    // a fixed port just released by the previous listener of the same test can take a moment
+    let t0 = std::time::Instant::now();
+    let l = loop {
+        match Listener::start(cfg.clone(), sink.clone()) {
+            Ok(l) => break l,
+            Err(e) if port != 0 && t0.elapsed() < Duration::from_secs(5) => {
+                eprintln!("{e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     (l, events)
 }
 
@@ -434,6 +446,7 @@ struct Orthanc {
     rest: String,
     user: String,
     password: String,
+    ca: PathBuf,
 }
 
 fn orthanc() -> Option<Orthanc> {
@@ -455,6 +468,7 @@ fn orthanc() -> Option<Orthanc> {
         rest: var("LOFI_ORTHANC_REST"),
         user: var("LOFI_ORTHANC_USER"),
         password: var("LOFI_ORTHANC_PASSWORD"),
+        ca: PathBuf::from(var("LOFI_ORTHANC_CA")),
     })
 }
 
@@ -468,6 +482,7 @@ impl Orthanc {
             user: self.user.clone(),
             password: self.password.clone(),
         };
+        n.ca_file = Some(self.ca.clone());
         n
     }
     fn rest(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Vec<u8>) {
@@ -772,9 +787,10 @@ fn orthanc_stores_our_structured_report_and_dsrdump_reads_it_back() {
 }
 
 #[test]
-fn orthanc_dicomweb_search_and_retrieve_with_basic_auth() {
+fn orthanc_dicomweb_search_and_retrieve_over_https_with_basic_auth() {
     let Some(o) = orthanc() else { return };
     let n = o.web_node();
+    assert!(n.address.starts_with("https://"), "{}", n.address);
     pacs::echo(&n).unwrap();
     let c = Cancel::new();
     let rg1 = pacs::find(
@@ -814,6 +830,18 @@ fn orthanc_dicomweb_search_and_retrieve_with_basic_auth() {
     )
     .unwrap();
     check_rg1(&got);
+    // HTTPS: without the archive's CA the certificate is not trusted, and that is the error
+    let mut untrusted = n.clone();
+    untrusted.ca_file = None;
+    match pacs::echo(&untrusted).unwrap_err() {
+        PacsError::Http { reason, .. } => {
+            assert!(
+                reason.to_lowercase().contains("certificate") || reason.contains("issuer"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other}"),
+    }
     // a wrong password is an HTTP error naming the status
     let mut bad = n.clone();
     bad.auth = Auth::Basic {
