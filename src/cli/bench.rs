@@ -130,65 +130,111 @@ pub fn dicom(files: &[PathBuf], runs: usize) -> Result<Value> {
 }
 
 /// CPU latency of `embed_image` and `ground` with random weights for a preset.
+#[allow(clippy::too_many_arguments)]
 pub fn model(
     preset: &str,
+    model_dir: Option<&Path>,
     image: &Path,
     new_tokens: usize,
     runs: usize,
     threads: Option<usize>,
+    compare_unfused: bool,
 ) -> Result<Value> {
     if let Some(t) = threads {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
-    let p: crate::model::Preset = preset.parse()?;
-    let mut cfg = crate::model::Config::preset(p);
-    cfg.max_new_tokens = new_tokens;
-    let store = crate::model::params::ParamStore::new(0, None, std::sync::Arc::new(|_| false));
-    let vb = store.var_builder(candle_core::DType::F32, &candle_core::Device::Cpu);
     let t0 = Instant::now();
-    let model = crate::model::LofiModel::new(&cfg, vb)?;
+    let (lofi, cfg, what) = match model_dir {
+        // a real model folder (e.g. the bundled lofi-dino with its pretrained towers)
+        Some(dir) => {
+            let mut l = crate::model::Lofi::load(dir, crate::model::load::DeviceChoice::Cpu)?;
+            l.set_max_new_tokens(new_tokens);
+            let cfg = l.config().clone();
+            (l, cfg, dir.display().to_string())
+        }
+        None => {
+            let p: crate::model::Preset = preset.parse()?;
+            let mut cfg = crate::model::Config::preset(p);
+            cfg.max_new_tokens = new_tokens;
+            let store =
+                crate::model::params::ParamStore::new(0, None, std::sync::Arc::new(|_| false));
+            let vb = store.var_builder(candle_core::DType::F32, &candle_core::Device::Cpu);
+            let model = crate::model::LofiModel::new(&cfg, vb)?;
+            let tok = crate::model::tokenizer::LofiTokenizer::from_file(
+                &super::commands::default_tokenizer(),
+                &cfg.tokens,
+            )?;
+            let l = crate::model::Lofi::from_parts(model, tok, candle_core::Device::Cpu);
+            (l, cfg, preset.to_string())
+        }
+    };
     let build_s = t0.elapsed().as_secs_f64();
-    let tok = crate::model::tokenizer::LofiTokenizer::from_file(
-        &super::commands::default_tokenizer(),
-        &cfg.tokens,
-    )?;
-    let lofi = crate::model::Lofi::from_parts(model, tok, candle_core::Device::Cpu);
     let img = crate::dicom::load_gray8(image)?;
     let _ = lofi.encode(&img)?; // warm-up
-    let mut embed = Vec::new();
-    for _ in 0..runs {
-        let s = Instant::now();
-        std::hint::black_box(lofi.encode(&img)?.embedding);
-        embed.push(s.elapsed().as_secs_f64() * 1000.0);
+    {
+        let _u = crate::model::nn::unfused();
+        let _ = lofi.encode(&img)?;
     }
-    // grounding: encode + prompt + exactly `new_tokens` greedy steps (random weights rarely stop)
-    let mut ground = Vec::new();
+    // the fused path and (with compare_unfused) the differentiable one, interleaved A B A B
+    let modes: &[bool] = if compare_unfused {
+        &[true, false]
+    } else {
+        &[true]
+    };
+    let mut embed = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (i, fused) in modes.iter().enumerate() {
+            let _u = (!fused).then(crate::model::nn::unfused);
+            let s = Instant::now();
+            std::hint::black_box(lofi.encode(&img)?.embedding);
+            embed[i].push(s.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    // grounding: encode + prompt + the greedy steps (random weights rarely stop early)
+    let mut ground = [Vec::new(), Vec::new()];
     let mut generated = 0;
     let mut prompt_tokens = 0;
     for _ in 0..runs {
-        let s = Instant::now();
-        let enc = lofi.encode(&img)?;
-        let turn = crate::model::prompt::Turn {
-            instruction: crate::model::prompt::Instruction::Ground("left pleural effusion".into()),
-            response: None,
-            supervised: false,
-        };
-        prompt_tokens = crate::model::prompt::build_prompt(
-            &lofi.tokenizer,
-            std::slice::from_ref(&turn),
-            cfg.projector.num_tokens,
-        )?
-        .ids
-        .len();
-        let g = lofi.generate(&[turn], &[&enc.prefix])?;
-        generated = g.ids.len();
-        ground.push(s.elapsed().as_secs_f64() * 1000.0);
+        for (i, fused) in modes.iter().enumerate() {
+            let _u = (!fused).then(crate::model::nn::unfused);
+            let s = Instant::now();
+            let enc = lofi.encode(&img)?;
+            let turn = crate::model::prompt::Turn {
+                instruction: crate::model::prompt::Instruction::Ground(
+                    "left pleural effusion".into(),
+                ),
+                response: None,
+                supervised: false,
+            };
+            prompt_tokens = crate::model::prompt::build_prompt(
+                &lofi.tokenizer,
+                std::slice::from_ref(&turn),
+                cfg.projector.num_tokens,
+            )?
+            .ids
+            .len();
+            let g = lofi.generate(&[turn], &[&enc.prefix])?;
+            generated = g.ids.len();
+            ground[i].push(s.elapsed().as_secs_f64() * 1000.0);
+        }
     }
-    Ok(
-        json!({"preset": preset, "image": image, "image_size": cfg.image_size, "image_tokens": cfg.projector.num_tokens,
-              "new_tokens": generated, "build_s": build_s, "embed_image_ms": median(embed), "ground_ms": median(ground),
-              "prompt_tokens": prompt_tokens, "config": serde_json::to_value(&cfg)?}),
-    )
+    let [e_fused, e_slow] = embed;
+    let [g_fused, g_slow] = ground;
+    let mut out = json!({"preset": what, "image": image, "image_size": cfg.image_size, "image_tokens": cfg.projector.num_tokens,
+              "new_tokens": generated, "build_s": build_s, "embed_image_ms": median(e_fused.clone()), "ground_ms": median(g_fused.clone()),
+              "prompt_tokens": prompt_tokens, "runs": runs,
+              "threads": std::env::var("RAYON_NUM_THREADS").ok(), "config": serde_json::to_value(&cfg)?});
+    if compare_unfused {
+        let (ef, es, gf, gs) = (
+            median(e_fused),
+            median(e_slow),
+            median(g_fused),
+            median(g_slow),
+        );
+        out["unfused"] = json!({"embed_image_ms": es, "ground_ms": gs,
+            "embed_ratio_fused_over_unfused": ef / es, "ground_ratio_fused_over_unfused": gf / gs});
+    }
+    Ok(out)
 }
 
 /// Search latency (p50/p99) and recall@10 of our HNSW against exact search, at `n` random

@@ -374,6 +374,15 @@ pub enum BenchWhat {
         /// Repetitions.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Benchmark this model folder (e.g. models/lofi-dino) instead of a random-weight preset.
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Also time the differentiable (unfused) path, interleaved with the fused one.
+        #[arg(long)]
+        compare_unfused: bool,
+        /// Threads for candle's CPU kernels (RAYON_NUM_THREADS); default: all.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// HNSW search latency and recall.
     Store {

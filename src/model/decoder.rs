@@ -107,8 +107,8 @@ impl Attention {
         let k = self.k_norm.forward(&k.contiguous()?)?;
         let cos = cos.narrow(0, offset, t)?;
         let sin = sin.narrow(0, offset, t)?;
-        let q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
+        let q = super::nn::rope(&q, &cos, &sin)?;
+        let k = super::nn::rope(&k, &cos, &sin)?;
         let v = v.contiguous()?;
         let (k, v) = match cache {
             Some(slot) => {

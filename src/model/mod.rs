@@ -146,6 +146,11 @@ impl LofiModel {
         &self.cfg
     }
 
+    /// Cap on generated tokens (benchmarks fix it so every run does the same work).
+    pub fn set_max_new_tokens(&mut self, n: usize) {
+        self.cfg.max_new_tokens = n;
+    }
+
     /// Encode images `(B, C, S, S)`.
     pub fn encode_images(&self, pixels: &Tensor) -> Result<VisionOutput, ModelError> {
         Ok(self.vision.forward(pixels)?)

@@ -1,10 +1,63 @@
 //! Differentiable building blocks shared by every tower.
 //!
 //! candle's fused kernels (`softmax_last_dim`, `layer_norm`, `rms_norm`, `rope`) have no backward
-//! pass, so these blocks are written with plain tensor ops; forward results match the fused
-//! versions to float rounding (checked against candle-transformers' stock modules in tests).
+//! pass, so training runs these blocks with plain, differentiable tensor ops. Inference (the
+//! [`crate::model::Lofi`] entry points) holds an [`inference`] guard, under which the same blocks
+//! call the fused kernels instead; forward results agree to float rounding (parity tests below
+//! and in `tests/core/model.rs`).
+
+use std::cell::Cell;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+thread_local! {
+    static FUSED: Cell<bool> = const { Cell::new(false) };
+    static FORCE_UNFUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While alive, the blocks on this thread use candle's fused inference kernels (no gradients).
+#[must_use = "the fused path lasts as long as the guard"]
+pub struct Inference {
+    prev: bool,
+}
+
+/// Enter the fused inference path on this thread (nestable).
+pub fn inference() -> Inference {
+    Inference {
+        prev: FUSED.with(|f| f.replace(true)),
+    }
+}
+
+impl Drop for Inference {
+    fn drop(&mut self) {
+        FUSED.with(|f| f.set(self.prev));
+    }
+}
+
+/// While alive, this thread runs the differentiable path even inside [`inference`] guards
+/// (benchmarks and parity tests compare the two).
+#[must_use = "the unfused path lasts as long as the guard"]
+pub struct Unfused {
+    prev: bool,
+}
+
+/// Force the differentiable path on this thread.
+pub fn unfused() -> Unfused {
+    Unfused {
+        prev: FORCE_UNFUSED.with(|f| f.replace(true)),
+    }
+}
+
+impl Drop for Unfused {
+    fn drop(&mut self) {
+        FORCE_UNFUSED.with(|f| f.set(self.prev));
+    }
+}
+
+/// Whether this thread uses the fused kernels now.
+pub fn fused() -> bool {
+    FUSED.with(Cell::get) && !FORCE_UNFUSED.with(Cell::get)
+}
 use candle_nn::{Init, VarBuilder};
 
 /// Weight init used for linear and embedding weights trained from scratch.
@@ -42,6 +95,14 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fused() {
+            return candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            );
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(norm_dtype(dtype))?;
         let mean = x.mean_keepdim(D::Minus1)?;
@@ -73,6 +134,10 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fused() {
+            let scale = (&self.weight + 1.0)?;
+            return candle_nn::ops::rms_norm(&x.contiguous()?, &scale, self.eps as f32);
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(norm_dtype(dtype))?;
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -221,7 +286,8 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Multi-head scaled dot-product attention on `(B, H, T, d)` tensors with an optional additive
-/// mask broadcastable to `(B, H, Tq, Tk)`. Uses the differentiable softmax.
+/// mask broadcastable to `(B, H, Tq, Tk)`. The differentiable softmax, or the fused one under
+/// [`inference`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -239,7 +305,11 @@ pub fn attention(
         Some(m) => w.broadcast_add(m)?,
         None => w,
     };
-    let w = candle_nn::ops::softmax(&w, D::Minus1)?;
+    let w = if fused() {
+        candle_nn::ops::softmax_last_dim(&w)?
+    } else {
+        candle_nn::ops::softmax(&w, D::Minus1)?
+    };
     w.matmul(v)
 }
 
@@ -382,6 +452,16 @@ pub fn resize_position_grid(pos: &Tensor, g: usize, gh: usize, gw: usize) -> Res
     p.transpose(1, 2)?.contiguous()?.reshape((gh * gw, d))
 }
 
+/// Rotary position embedding of `(B, H, T, d)` (halves rotated, not interleaved): the fused
+/// kernel under [`inference`], the differentiable one otherwise.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused() {
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)
+    } else {
+        candle_nn::rotary_emb::rope_slow(x, cos, sin)
+    }
+}
+
 /// Rotary tables `(max_len, head_dim/2)` for a RoPE base.
 pub fn rope_tables(
     head_dim: usize,
@@ -424,6 +504,60 @@ mod tests {
         for i in 0..12 {
             let s: f32 = m[i * 7..(i + 1) * 7].iter().sum();
             assert!((s - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn fused_blocks_match_the_differentiable_ones() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 7, 16), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, 16, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 16, &dev).unwrap();
+        let ln = LayerNorm {
+            weight: (&w + 1.0).unwrap(),
+            bias: b,
+            eps: 1e-6,
+        };
+        let rms = RmsNorm {
+            weight: w,
+            eps: 1e-6,
+        };
+        let (cos, sin) = rope_tables(16, 10_000.0, 7, DType::F32, &dev).unwrap();
+        let mask = causal_mask(7, 0, None, DType::F32, &dev).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (2, 3, 7, 16), &dev).unwrap();
+        let run = || -> Vec<Tensor> {
+            vec![
+                ln.forward(&x).unwrap(),
+                rms.forward(&x).unwrap(),
+                rope(&x, &cos, &sin).unwrap(),
+                attention(&q, &x, &x, 0.25, Some(&mask), Some(50.0)).unwrap(),
+            ]
+        };
+        assert!(!fused());
+        let slow = run();
+        let fast = {
+            let _g = inference();
+            assert!(fused());
+            {
+                let _u = unfused();
+                assert!(!fused());
+            }
+            run()
+        };
+        assert!(!fused(), "the guard restores the differentiable path");
+        for (i, (a, b)) in slow.iter().zip(&fast).enumerate() {
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                d < 1e-5,
+                "block {i}: fused and differentiable differ by {d}"
+            );
         }
     }
 

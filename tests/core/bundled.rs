@@ -138,3 +138,51 @@ fn finetune_without_a_config_fine_tunes_the_bundled_model_from_any_folder() {
     assert!(cfg.contains("freeze = \"encoder\""), "{cfg}");
     assert!(d.path().join("run/model/model.safetensors").exists());
 }
+
+/// Issue 17: the fused inference path (candle's `layer_norm`, `rms_norm`, `softmax_last_dim`,
+/// `rope`) gives the bundled model's embeddings within 1e-4 of the differentiable path and the
+/// same generated tokens (and so the same boxes).
+#[test]
+fn the_fused_inference_path_matches_the_differentiable_one_on_the_bundled_model() {
+    use lofi_viewer::model::prompt::{Instruction, Turn};
+    let m = lofi_viewer::model::Lofi::load(&model(), lofi_viewer::model::load::DeviceChoice::Cpu)
+        .unwrap();
+    let img = lofi_viewer::dicom::load_gray8(
+        &super::common::fixtures().join("nih/images/00005066_030.png"),
+    )
+    .unwrap();
+    let run = || {
+        let enc = m.encode(&img).unwrap();
+        let text = m.embed_text("cardiomegaly").unwrap();
+        let turn = Turn {
+            instruction: Instruction::Ground("cardiomegaly".into()),
+            response: None,
+            supervised: false,
+        };
+        let g = m.generate(&[turn], &[&enc.prefix]).unwrap();
+        (enc.embedding, text, g.ids)
+    };
+    let fast = run();
+    let slow = {
+        let _u = lofi_viewer::model::nn::unfused();
+        run()
+    };
+    let max = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        max(&fast.0, &slow.0) < 1e-4,
+        "image embedding {}",
+        max(&fast.0, &slow.0)
+    );
+    assert!(
+        max(&fast.1, &slow.1) < 1e-4,
+        "text embedding {}",
+        max(&fast.1, &slow.1)
+    );
+    assert_eq!(fast.2, slow.2, "generated tokens");
+    assert!(!fast.2.is_empty());
+}
