@@ -172,19 +172,20 @@ pub fn model(
     let img = crate::dicom::load_gray8(image)?;
     let _ = lofi.encode(&img)?; // warm-up
     {
-        let _u = crate::model::nn::unfused();
+        let _u = crate::model::nn::force(!compare_unfused);
         let _ = lofi.encode(&img)?;
     }
-    // the fused path and (with compare_unfused) the differentiable one, interleaved A B A B
-    let modes: &[bool] = if compare_unfused {
-        &[true, false]
+    // the device's default path, or (with compare_unfused) the fused kernels against the
+    // differentiable ops, interleaved A B A B
+    let modes: &[Option<bool>] = if compare_unfused {
+        &[Some(true), Some(false)]
     } else {
-        &[true]
+        &[None]
     };
     let mut embed = [Vec::new(), Vec::new()];
     for _ in 0..runs {
-        for (i, fused) in modes.iter().enumerate() {
-            let _u = (!fused).then(crate::model::nn::unfused);
+        for (i, &fused) in modes.iter().enumerate() {
+            let _u = fused.map(crate::model::nn::force);
             let s = Instant::now();
             std::hint::black_box(lofi.encode(&img)?.embedding);
             embed[i].push(s.elapsed().as_secs_f64() * 1000.0);
@@ -195,8 +196,8 @@ pub fn model(
     let mut generated = 0;
     let mut prompt_tokens = 0;
     for _ in 0..runs {
-        for (i, fused) in modes.iter().enumerate() {
-            let _u = (!fused).then(crate::model::nn::unfused);
+        for (i, &fused) in modes.iter().enumerate() {
+            let _u = fused.map(crate::model::nn::force);
             let s = Instant::now();
             let enc = lofi.encode(&img)?;
             let turn = crate::model::prompt::Turn {

@@ -3,28 +3,31 @@
 //! candle's fused kernels (`softmax_last_dim`, `layer_norm`, `rms_norm`, `rope`) have no backward
 //! pass, so training runs these blocks with plain, differentiable tensor ops. Inference (the
 //! [`crate::model::Lofi`] entry points) holds an [`inference`] guard, under which the same blocks
-//! call the fused kernels instead; forward results agree to float rounding (parity tests below
-//! and in `tests/core/model.rs`).
+//! call the fused kernels instead on a GPU; forward results agree to float rounding (parity tests
+//! below and in `tests/core/bundled.rs`).
 
 use std::cell::Cell;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
 
 thread_local! {
     static FUSED: Cell<bool> = const { Cell::new(false) };
-    static FORCE_UNFUSED: Cell<bool> = const { Cell::new(false) };
+    static FORCE: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
-/// While alive, the blocks on this thread use candle's fused inference kernels (no gradients).
-#[must_use = "the fused path lasts as long as the guard"]
+/// While alive, inference on this thread may use candle's fused kernels (no gradients).
+#[must_use = "the inference path lasts as long as the guard"]
 pub struct Inference {
     prev: bool,
 }
 
-/// Enter the fused inference path on this thread (nestable).
-pub fn inference() -> Inference {
+/// Enter inference on `device` (nestable). The fused kernels are used on GPUs; on the CPU the
+/// differentiable ops measured as fast or faster (README, "fused inference"), so they stay.
+pub fn inference(device: &Device) -> Inference {
+    let on = !device.is_cpu();
     Inference {
-        prev: FUSED.with(|f| f.replace(true)),
+        prev: FUSED.with(|f| f.replace(on)),
     }
 }
 
@@ -34,31 +37,32 @@ impl Drop for Inference {
     }
 }
 
-/// While alive, this thread runs the differentiable path even inside [`inference`] guards
-/// (benchmarks and parity tests compare the two).
-#[must_use = "the unfused path lasts as long as the guard"]
-pub struct Unfused {
-    prev: bool,
+/// While alive, this thread runs the fused kernels (`Some(true)`) or the differentiable ops
+/// (`Some(false)`) whatever the device: benchmarks and parity tests compare the two.
+#[must_use = "the forced path lasts as long as the guard"]
+pub struct Force {
+    prev: Option<bool>,
 }
 
-/// Force the differentiable path on this thread.
-pub fn unfused() -> Unfused {
-    Unfused {
-        prev: FORCE_UNFUSED.with(|f| f.replace(true)),
+/// Force the fused (`true`) or the differentiable (`false`) path on this thread.
+pub fn force(fused: bool) -> Force {
+    Force {
+        prev: FORCE.with(|f| f.replace(Some(fused))),
     }
 }
 
-impl Drop for Unfused {
+impl Drop for Force {
     fn drop(&mut self) {
-        FORCE_UNFUSED.with(|f| f.set(self.prev));
+        FORCE.with(|f| f.set(self.prev));
     }
 }
 
 /// Whether this thread uses the fused kernels now.
 pub fn fused() -> bool {
-    FUSED.with(Cell::get) && !FORCE_UNFUSED.with(Cell::get)
+    FORCE
+        .with(Cell::get)
+        .unwrap_or_else(|| FUSED.with(Cell::get))
 }
-use candle_nn::{Init, VarBuilder};
 
 /// Weight init used for linear and embedding weights trained from scratch.
 pub const W_INIT: Init = Init::Randn {
@@ -286,8 +290,8 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Multi-head scaled dot-product attention on `(B, H, T, d)` tensors with an optional additive
-/// mask broadcastable to `(B, H, Tq, Tk)`. The differentiable softmax, or the fused one under
-/// [`inference`].
+/// mask broadcastable to `(B, H, Tq, Tk)`. The differentiable softmax, or the fused one when
+/// [`fused`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -453,7 +457,7 @@ pub fn resize_position_grid(pos: &Tensor, g: usize, gh: usize, gw: usize) -> Res
 }
 
 /// Rotary position embedding of `(B, H, T, d)` (halves rotated, not interleaved): the fused
-/// kernel under [`inference`], the differentiable one otherwise.
+/// kernel when [`fused`], the differentiable one otherwise.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if fused() {
         candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)
@@ -535,13 +539,18 @@ mod tests {
         };
         assert!(!fused());
         let slow = run();
+        {
+            let _g = inference(&dev);
+            assert!(!fused(), "the CPU keeps the differentiable ops");
+        }
         let fast = {
-            let _g = inference();
+            let _g = force(true);
             assert!(fused());
             {
-                let _u = unfused();
+                let _u = force(false);
                 assert!(!fused());
             }
+            assert!(fused());
             run()
         };
         assert!(!fused(), "the guard restores the differentiable path");

@@ -222,7 +222,7 @@ impl Lofi {
 
     /// Encode several images in one batch.
     pub fn encode_batch(&self, imgs: &[&GrayImage]) -> Result<Vec<EncodedImage>, ModelError> {
-        let _fused = super::nn::inference();
+        let _fused = super::nn::inference(&self.device);
         if imgs.is_empty() {
             return Ok(Vec::new());
         }
@@ -261,7 +261,7 @@ impl Lofi {
 
     /// Raw pooled image features (before centring and normalisation), one row per image.
     pub fn pooled_features(&self, imgs: &[&GrayImage]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let _fused = super::nn::inference();
+        let _fused = super::nn::inference(&self.device);
         let mut px = Vec::with_capacity(imgs.len());
         for img in imgs {
             px.push(self.preprocess(img)?.0);
@@ -286,7 +286,7 @@ impl Lofi {
 
     /// L2-normalised text embedding (text tower + head).
     pub fn embed_text(&self, text: &str) -> Result<Vec<f32>, ModelError> {
-        let _fused = super::nn::inference();
+        let _fused = super::nn::inference(&self.device);
         if self.model.text.kind() == super::config::TextKind::Gemma {
             let e = self.model.text.embed_texts(&[text])?;
             return Ok(l2_normalize(&e.to_dtype(DType::F32)?)?.i(0)?.to_vec1()?);
@@ -302,7 +302,7 @@ impl Lofi {
 
     /// Greedy decoding of the answer to the last turn; `prefixes[i]` is turn i's image.
     pub fn generate(&self, turns: &[Turn], prefixes: &[&Tensor]) -> Result<Generated, ModelError> {
-        let _fused = super::nn::inference();
+        let _fused = super::nn::inference(&self.device);
         let m = self.config().projector.num_tokens;
         let prompt = build_prompt(&self.tokenizer, turns, m)?;
         let ids = Tensor::from_vec(prompt.ids.clone(), (1, prompt.ids.len()), &self.device)?;

@@ -162,9 +162,12 @@ fn the_fused_inference_path_matches_the_differentiable_one_on_the_bundled_model(
         let g = m.generate(&[turn], &[&enc.prefix]).unwrap();
         (enc.embedding, text, g.ids)
     };
-    let fast = run();
+    let fast = {
+        let _f = lofi_viewer::model::nn::force(true);
+        run()
+    };
     let slow = {
-        let _u = lofi_viewer::model::nn::unfused();
+        let _u = lofi_viewer::model::nn::force(false);
         run()
     };
     let max = |a: &[f32], b: &[f32]| {
