@@ -24,12 +24,22 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, SiglipVisionConfig, SiglipVisionModel
 
 
+DEVICE = "cpu"
+
+
+def sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def median_ms(fn, runs):
     fn()  # warm-up
+    sync()
     t = []
     for _ in range(runs):
         s = time.perf_counter()
         fn()
+        sync()
         t.append((time.perf_counter() - s) * 1000)
     return statistics.median(t)
 
@@ -82,19 +92,19 @@ def torch_models(cfg):
 
 def bench_preset(exe, preset, image, runs, new_tokens):
     out = subprocess.run(
-        [exe, "--headless", "bench", "model", "--preset", preset, "--image", image,
+        [exe, "--headless", "--device", DEVICE, "bench", "model", "--preset", preset, "--image", image,
          "--runs", str(runs), "--new-tokens", str(new_tokens)],
         check=True, capture_output=True, text=True,
     ).stdout
     ours = json.loads(out)
     cfg = ours["config"]
-    vision, proj, decoder = torch_models(cfg)
+    vision, proj, decoder = (m.to(DEVICE) for m in torch_models(cfg))
     s = cfg["image_size"]
-    px = torch.randn(1, cfg["vision"]["num_channels"], s, s)
+    px = torch.randn(1, cfg["vision"]["num_channels"], s, s, device=DEVICE)
     n_new = max(1, ours["new_tokens"])
     n_prompt = ours["prompt_tokens"]
     hidden = cfg["decoder"]["hidden_size"]
-    text_embeds = torch.randn(1, n_prompt - cfg["projector"]["num_tokens"], hidden)
+    text_embeds = torch.randn(1, n_prompt - cfg["projector"]["num_tokens"], hidden, device=DEVICE)
 
     @torch.inference_mode()
     def embed():
@@ -129,7 +139,10 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both peers on the same device)")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
     if a.threads:
         torch.set_num_threads(a.threads)
     rows = [bench_preset(a.exe, p, a.image, a.runs, a.new_tokens) for p in a.presets.split(",")]

@@ -139,6 +139,7 @@ pub fn model(
     runs: usize,
     threads: Option<usize>,
     compare_unfused: bool,
+    device: crate::model::load::DeviceChoice,
 ) -> Result<Value> {
     if let Some(t) = threads {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
@@ -147,7 +148,7 @@ pub fn model(
     let (lofi, cfg, what) = match model_dir {
         // a real model folder (e.g. the bundled lofi-dino with its pretrained towers)
         Some(dir) => {
-            let mut l = crate::model::Lofi::load(dir, crate::model::load::DeviceChoice::Cpu)?;
+            let mut l = crate::model::Lofi::load(dir, device)?;
             l.set_max_new_tokens(new_tokens);
             let cfg = l.config().clone();
             (l, cfg, dir.display().to_string())
@@ -158,13 +159,14 @@ pub fn model(
             cfg.max_new_tokens = new_tokens;
             let store =
                 crate::model::params::ParamStore::new(0, None, std::sync::Arc::new(|_| false));
-            let vb = store.var_builder(candle_core::DType::F32, &candle_core::Device::Cpu);
+            let dev = crate::model::load::open_device(device)?;
+            let vb = store.var_builder(candle_core::DType::F32, &dev);
             let model = crate::model::LofiModel::new(&cfg, vb)?;
             let tok = crate::model::tokenizer::LofiTokenizer::from_file(
                 &super::commands::default_tokenizer(),
                 &cfg.tokens,
             )?;
-            let l = crate::model::Lofi::from_parts(model, tok, candle_core::Device::Cpu);
+            let l = crate::model::Lofi::from_parts(model, tok, dev);
             (l, cfg, preset.to_string())
         }
     };
@@ -224,7 +226,7 @@ pub fn model(
     let mut out = json!({"preset": what, "image": image, "image_size": cfg.image_size, "image_tokens": cfg.projector.num_tokens,
               "new_tokens": generated, "build_s": build_s, "embed_image_ms": median(e_fused.clone()), "ground_ms": median(g_fused.clone()),
               "prompt_tokens": prompt_tokens, "runs": runs,
-              "threads": std::env::var("RAYON_NUM_THREADS").ok(), "config": serde_json::to_value(&cfg)?});
+              "threads": std::env::var("RAYON_NUM_THREADS").ok(), "device": format!("{device:?}"), "config": serde_json::to_value(&cfg)?});
     if compare_unfused {
         let (ef, es, gf, gs) = (
             median(e_fused),

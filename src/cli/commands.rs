@@ -402,6 +402,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 *runs,
                 *threads,
                 *compare_unfused,
+                device_choice(cli)?,
             ),
             super::BenchWhat::Store {
                 n,
