@@ -31,6 +31,10 @@ if [ ! -x "$ROOT/nvidia/cu13/bin/nvcc" ] || [ ! -x "$ROOT/nvidia/cu13/nvvm/bin/c
   chmod -R u+x "$ROOT/nvidia/cu13/bin" "$ROOT/nvidia/cu13/nvvm/bin"
 fi
 CU=$ROOT/nvidia/cu13
+# candle-kernels links its static MoE kernels against libcudart: give the linker the unversioned
+# name (at run time the binary needs libcudart.so.13, which the wheel also provides)
+[ -e "$CU/lib/libcudart.so" ] || ln -s libcudart.so.13 "$CU/lib/libcudart.so"
+export LIBRARY_PATH=$CU/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
 export PATH=$CU/bin:$PATH
 export CUDA_ROOT=$CU CUDA_PATH=$CU CUDA_HOME=$CU
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
