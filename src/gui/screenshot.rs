@@ -168,11 +168,7 @@ impl ScreenshotRun {
                     self.stage = Stage::Settling(0);
                 }
             }
-            Stage::Settling(n) if n + 1 >= SETTLE_FRAMES => {
-                self.stage = Stage::Requested;
-                return (cmds, true);
-            }
-            Stage::Settling(n) => self.stage = Stage::Settling(n + 1),
+            Stage::Settling(_) => return (cmds, self.settle()),
             _ => {}
         }
         (cmds, false)
@@ -205,14 +201,25 @@ impl ScreenshotRun {
             {
                 self.stage = Stage::Settling(0)
             }
-            Stage::Settling(n) if n + 1 >= SETTLE_FRAMES => {
-                self.stage = Stage::Requested;
-                return (cmds, true);
-            }
-            Stage::Settling(n) => self.stage = Stage::Settling(n + 1),
+            Stage::Settling(_) => return (cmds, self.settle()),
             _ => {}
         }
         (cmds, false)
+    }
+
+    /// Count a settling frame; true when the screenshot is to be requested now.
+    fn settle(&mut self) -> bool {
+        match self.stage {
+            Stage::Settling(n) if n + 1 >= SETTLE_FRAMES => {
+                self.stage = Stage::Requested;
+                true
+            }
+            Stage::Settling(n) => {
+                self.stage = Stage::Settling(n + 1);
+                false
+            }
+            _ => false,
+        }
     }
 }
 

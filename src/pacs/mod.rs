@@ -224,6 +224,26 @@ pub fn text(record: &Record, keyword: &str) -> String {
     }
 }
 
+/// Give a series-level record its study's patient and study attributes (a series search asks
+/// each study for its series; the table shows them with their patient).
+pub fn inherit_study(series: &mut Record, study: &Record, study_uid: &str) {
+    for k in [
+        "PatientName",
+        "PatientID",
+        "StudyDate",
+        "StudyDescription",
+        "AccessionNumber",
+    ] {
+        if let Some(v) = study.get(k) {
+            series.entry(k.to_string()).or_insert_with(|| v.clone());
+        }
+    }
+    series.insert(
+        "StudyInstanceUID".into(),
+        Value::String(study_uid.to_string()),
+    );
+}
+
 /// Progress of a retrieve or a send.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {

@@ -359,18 +359,7 @@ pub fn find(node: &Node, q: &Query, cancel: &Cancel) -> Result<Vec<Record>, Pacs
                 cancel,
             )?;
             for mut se in series {
-                for k in [
-                    "PatientName",
-                    "PatientID",
-                    "StudyDate",
-                    "StudyDescription",
-                    "AccessionNumber",
-                ] {
-                    if let Some(v) = st.get(k) {
-                        se.entry(k.to_string()).or_insert_with(|| v.clone());
-                    }
-                }
-                se.insert("StudyInstanceUID".into(), Value::String(study_uid.clone()));
+                super::inherit_study(&mut se, st, &study_uid);
                 out.push(se);
             }
         }
@@ -405,6 +394,22 @@ fn retrieve_identifier(req: &RetrieveRequest) -> InMemDicomObject {
         obj.put(str_el(tags::SERIES_INSTANCE_UID, VR::UI, se));
     }
     obj
+}
+
+/// C-GET-RQ or C-MOVE-RQ (message 1, medium priority; a move names its destination).
+fn retrieve_command(
+    field: u16,
+    sop_class: &str,
+    move_destination: Option<&str>,
+) -> InMemDicomObject {
+    let mut rest = vec![
+        uid(tags::AFFECTED_SOP_CLASS_UID, sop_class),
+        us(tags::PRIORITY, 0),
+    ];
+    if let Some(dest) = move_destination {
+        rest.push(ae(tags::MOVE_DESTINATION, dest));
+    }
+    command(field, tags::MESSAGE_ID, 1, true, rest)
 }
 
 fn sub_counts(m: &dimse::Message) -> (usize, usize, usize, usize) {
@@ -548,16 +553,7 @@ pub fn get(
     let mut s = connect(node, &contexts, &classes, limits)?;
     let (pc, ts) = need_context(s.as_ref(), dimse::STUDY_ROOT_GET, "study root C-GET")?;
     let data = dimse::encode_dataset(&retrieve_identifier(req), &ts)?;
-    let rq = command(
-        field::C_GET_RQ,
-        tags::MESSAGE_ID,
-        1,
-        true,
-        [
-            uid(tags::AFFECTED_SOP_CLASS_UID, dimse::STUDY_ROOT_GET),
-            us(tags::PRIORITY, 0),
-        ],
-    );
+    let rq = retrieve_command(field::C_GET_RQ, dimse::STUDY_ROOT_GET, None);
     let mut got = Retrieved::default();
     let mut cancelled = false;
     let result = (|| {
@@ -656,16 +652,10 @@ pub fn move_to_self(
         let mut s = connect(node, &[(dimse::STUDY_ROOT_MOVE, plain_ts())], &[], limits)?;
         let (pc, ts) = need_context(s.as_ref(), dimse::STUDY_ROOT_MOVE, "study root C-MOVE")?;
         let data = dimse::encode_dataset(&retrieve_identifier(req), &ts)?;
-        let rq = command(
+        let rq = retrieve_command(
             field::C_MOVE_RQ,
-            tags::MESSAGE_ID,
-            1,
-            true,
-            [
-                uid(tags::AFFECTED_SOP_CLASS_UID, dimse::STUDY_ROOT_MOVE),
-                us(tags::PRIORITY, 0),
-                ae(tags::MOVE_DESTINATION, &node.our_ae_title),
-            ],
+            dimse::STUDY_ROOT_MOVE,
+            Some(&node.our_ae_title),
         );
         let mut cancelled = false;
         let r = (|| {

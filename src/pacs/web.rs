@@ -177,18 +177,7 @@ impl WebClient {
                 sp.push(("Modality", q.modality.trim().to_string()));
             }
             for mut se in self.qido(&format!("studies/{uid}/series"), &sp)? {
-                for k in [
-                    "PatientName",
-                    "PatientID",
-                    "StudyDate",
-                    "StudyDescription",
-                    "AccessionNumber",
-                ] {
-                    if let Some(v) = st.get(k) {
-                        se.entry(k.to_string()).or_insert_with(|| v.clone());
-                    }
-                }
-                se.insert("StudyInstanceUID".into(), Value::String(uid.clone()));
+                super::inherit_study(&mut se, st, &uid);
                 out.push(se);
             }
         }
