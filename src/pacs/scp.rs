@@ -306,21 +306,11 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, cfg: &ScpConfig, sink: 
         Some(tls) => opts
             .tls_config(tls.clone())
             .establish_tls(stream)
-            .map(|a| {
-                let calling = dicom_ul::association::Association::peer_ae_title(&a)
-                    .trim()
-                    .to_string();
-                Box::new(Link::new(a, calling, cfg.limits)) as Box<dyn Session>
-            })
+            .map(|a| session_of(a, cfg.limits))
             .map_err(|e| super::scu::describe_ul_error(&e)),
         None => opts
             .establish(stream)
-            .map(|a| {
-                let calling = dicom_ul::association::Association::peer_ae_title(&a)
-                    .trim()
-                    .to_string();
-                Box::new(Link::new(a, calling, cfg.limits)) as Box<dyn Session>
-            })
+            .map(|a| session_of(a, cfg.limits))
             .map_err(|e| super::scu::describe_ul_error(&e)),
     };
     let session = match session {
@@ -345,6 +335,16 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, cfg: &ScpConfig, sink: 
     });
     let stored = serve(session, &cfg.out, &calling, sink);
     sink(ScpEvent::Ended { calling, stored });
+}
+
+/// An accepted association as a DIMSE session named after its calling AE title.
+fn session_of<A, S>(a: A, limits: Limits) -> Box<dyn Session>
+where
+    A: dicom_ul::association::SyncAssociation<S> + Send + 'static,
+    S: std::io::Read + std::io::Write + dicom_ul::association::CloseSocket + Send + 'static,
+{
+    let calling = a.peer_ae_title().trim().to_string();
+    Box::new(Link::new(a, calling, limits))
 }
 
 /// Answer a C-ECHO, C-STORE or anything else on an accepted association until it ends.
