@@ -16,25 +16,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time_process(cmd: &mut Command, runs: usize) -> Result<f64> {
-    let mut t = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let s = Instant::now();
-        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-        if !out.status.success() {
-            bail!(
-                "{cmd:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-            );
-        }
-        t.push(s.elapsed().as_secs_f64() * 1000.0);
-    }
-    Ok(median(t))
-}
-
 fn which(p: &str) -> bool {
     Command::new("sh")
         .arg("-c")
@@ -44,14 +25,60 @@ fn which(p: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// File → displayable 8-bit pixels, for each file: our CLI process and library call vs dcmtk
-/// (`dcmj2pnm` / `dcml2pnm`, writing an 8-bit PGM) and GDCM (`gdcmconv --raw`) processes.
+/// CPU time (user + system) of this process's waited-for children so far, in ms (Linux
+/// `/proc/self/stat` fields cutime and cstime, in clock ticks of 10 ms).
+fn children_cpu_ms() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // after the command name: state is field 3, cutime 16, cstime 17 (1-based)
+            let t = |i: usize| f.get(i - 3)?.parse::<f64>().ok();
+            Some((t(16)? + t(17)?) * 10.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// One run of a process: (wall ms, CPU ms).
+fn run_once(argv: &[std::ffi::OsString], pin: bool) -> Result<(f64, f64)> {
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).args(argv);
+        c
+    } else {
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c
+    };
+    let cpu0 = children_cpu_ms();
+    let s = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let wall = s.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
+    }
+    Ok((wall, children_cpu_ms() - cpu0))
+}
+
+/// File → displayable pixels, whole processes: our `render` (decode, VOI, 8-bit PNG) against
+/// dcmtk (`dcmj2pnm` / `dcml2pnm`, 8-bit PGM) and GDCM (`gdcmconv --raw`: decode to uncompressed
+/// DICOM, no VOI, no 8-bit output). Peers interleaved (ours, dcmtk, GDCM, ours, …), `runs`
+/// rounds, medians of wall and CPU time; then the same rounds pinned to one core (`taskset -c 0`).
 pub fn dicom(files: &[PathBuf], runs: usize) -> Result<Value> {
     let exe = std::env::current_exe().context("locating our executable")?;
     let tmp = tempfile::tempdir()?;
-    let out = |n: &str| tmp.path().join(n);
+    let out = |n: &str| tmp.path().join(n).into_os_string();
     let mut rows = Vec::new();
-    let mut table = String::from("| file | transfer syntax | ours (process) ms | ours (library) ms | dcmtk ms | GDCM (gdcmconv --raw) ms | ours ÷ fastest peer |\n|---|---|---|---|---|---|---|\n");
+    let mut table = String::from(
+        "| file | transfer syntax | ours ms | dcmtk ms | GDCM ms | ours ÷ fastest peer | ours CPU ms | GDCM CPU ms | ours 1 core ms | GDCM 1 core ms | 1-core ratio |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
     for f in files {
         let name = f
             .file_name()
@@ -61,70 +88,90 @@ pub fn dicom(files: &[PathBuf], runs: usize) -> Result<Value> {
             .with_context(|| format!("opening {}", f.display()))?
             .info;
         let ts = info.transfer_syntax.clone();
-        // warm the page cache and the binaries
-        let _ = std::fs::read(f)?;
-        let ours_proc = time_process(
-            Command::new(&exe)
-                .args(["--headless", "render"])
-                .arg(f)
-                .arg("--out")
-                .arg(out("ours.pgm")),
-            runs,
-        )?;
-        let mut lib = Vec::new();
-        for _ in 0..runs {
-            let s = Instant::now();
-            let img = crate::dicom::load(f)?;
-            let fr = img.frames.first().context("no frame")?;
-            let p = crate::dicom::DisplayParams {
-                voi: crate::dicom::lut::default_voi(&img.info, fr),
-                invert: false,
-            };
-            let g = crate::dicom::lut::render(fr, &img.info, &p);
-            std::hint::black_box(&g);
-            lib.push(s.elapsed().as_secs_f64() * 1000.0);
-        }
-        let ours_lib = median(lib);
+        let _ = std::fs::read(f)?; // warm the page cache
+        let os = |s: &str| std::ffi::OsString::from(s);
+        let file = f.clone().into_os_string();
+        let mut peers: Vec<(&str, Vec<std::ffi::OsString>)> = vec![(
+            "ours",
+            vec![
+                exe.clone().into_os_string(),
+                os("--headless"),
+                os("render"),
+                file.clone(),
+                os("--out"),
+                out("ours.png"),
+            ],
+        )];
         let dcmtk_tool = match ts.as_str() {
             "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Some("dcml2pnm"),
             "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => None, // dcmtk has no JPEG 2000 codec
             _ => Some("dcmj2pnm"),
         };
-        let dcmtk = match dcmtk_tool {
-            Some(t) if which(t) => Some(time_process(
-                Command::new(t).arg("+op").arg(f).arg(out("dcmtk.pgm")),
-                runs,
-            )?),
-            _ => None,
+        if let Some(t) = dcmtk_tool.filter(|t| which(t)) {
+            peers.push((
+                "dcmtk",
+                vec![os(t), os("+op"), file.clone(), out("dcmtk.pgm")],
+            ));
+        }
+        if which("gdcmconv") {
+            peers.push((
+                "gdcm",
+                vec![os("gdcmconv"), os("--raw"), file.clone(), out("gdcm.dcm")],
+            ));
+        }
+        // wall, cpu per peer; then pinned wall per peer
+        let mut wall = vec![Vec::new(); peers.len()];
+        let mut cpu = vec![Vec::new(); peers.len()];
+        let mut pinned = vec![Vec::new(); peers.len()];
+        for pin in [false, true] {
+            for _ in 0..runs {
+                for (i, (_, argv)) in peers.iter().enumerate() {
+                    let (w, c) = run_once(argv, pin)?;
+                    if pin {
+                        pinned[i].push(w);
+                    } else {
+                        wall[i].push(w);
+                        cpu[i].push(c);
+                    }
+                }
+            }
+        }
+        let med = |v: &[Vec<f64>], who: &str| {
+            peers
+                .iter()
+                .position(|(n, _)| *n == who)
+                .map(|i| median(v[i].clone()))
         };
-        // GDCM: gdcmimg writes 8-bit PNM for 8-bit images but refuses high bit depths, so the
-        // peer is `gdcmconv --raw` (decode to uncompressed DICOM), which does less work than us
-        // (no VOI, no 8-bit output): a conservative comparison.
-        let gdcm = if which("gdcmconv") {
-            time_process(
-                Command::new("gdcmconv")
-                    .arg("--raw")
-                    .arg(f)
-                    .arg(out("gdcm.dcm")),
-                runs,
-            )
-            .ok()
-        } else {
-            None
-        };
+        let (ours, dcmtk, gdcm) = (
+            med(&wall, "ours").unwrap_or(f64::NAN),
+            med(&wall, "dcmtk"),
+            med(&wall, "gdcm"),
+        );
         let fastest = [dcmtk, gdcm]
             .into_iter()
             .flatten()
             .fold(f64::INFINITY, f64::min);
-        let ratio = ours_proc / fastest;
+        let ratio = ours / fastest;
+        let ours_cpu = med(&cpu, "ours").unwrap_or(f64::NAN);
+        let gdcm_cpu = med(&cpu, "gdcm");
+        let ours_1 = med(&pinned, "ours").unwrap_or(f64::NAN);
+        let gdcm_1 = med(&pinned, "gdcm");
+        let ratio_1 = gdcm_1.map(|g| ours_1 / g);
         let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.1}"));
         table.push_str(&format!(
-            "| {name} | {ts} | {ours_proc:.1} | {ours_lib:.1} | {} | {} | {ratio:.2} |\n",
+            "| {name} | {ts} | {ours:.1} | {} | {} | {ratio:.2} | {ours_cpu:.0} | {} | {ours_1:.1} | {} | {} |\n",
             fmt(dcmtk),
-            fmt(gdcm)
+            fmt(gdcm),
+            gdcm_cpu.map_or("n/a".into(), |x| format!("{x:.0}")),
+            fmt(gdcm_1),
+            ratio_1.map_or("n/a".into(), |x| format!("{x:.2}")),
         ));
-        rows.push(json!({"file": name, "transfer_syntax": ts, "ours_process_ms": ours_proc, "ours_library_ms": ours_lib,
-                         "dcmtk_ms": dcmtk, "gdcm_ms": gdcm, "ratio_vs_fastest_peer": ratio}));
+        rows.push(
+            json!({"file": name, "transfer_syntax": ts, "ours_ms": ours, "dcmtk_ms": dcmtk,
+                         "gdcm_ms": gdcm, "ratio_vs_fastest_peer": ratio, "ours_cpu_ms": ours_cpu,
+                         "gdcm_cpu_ms": gdcm_cpu, "ours_one_core_ms": ours_1,
+                         "gdcm_one_core_ms": gdcm_1, "one_core_ratio_vs_gdcm": ratio_1}),
+        );
     }
     Ok(json!({"runs": runs, "rows": rows, "markdown": table}))
 }
@@ -238,47 +285,4 @@ pub fn model(
             "embed_ratio_fused_over_unfused": ef / es, "ground_ratio_fused_over_unfused": gf / gs});
     }
     Ok(out)
-}
-
-/// Search latency (p50/p99) and recall@10 of our HNSW against exact search, at `n` random
-/// `dim`-d vectors (FAISS numbers come from benches/store_vs_faiss.py in the same run).
-pub fn store(
-    n: usize,
-    dim: usize,
-    queries: usize,
-    params: crate::store::hnsw::HnswParams,
-    export: Option<&Path>,
-) -> Result<Value> {
-    use crate::store::hnsw::{exact_search, random_unit_vectors, Hnsw};
-    let data = random_unit_vectors(n, dim, 1);
-    let q = random_unit_vectors(queries, dim, 2);
-    if let Some(dir) = export {
-        // the same vectors for the FAISS peer (raw little-endian f32, row-major)
-        std::fs::create_dir_all(dir)?;
-        let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        std::fs::write(dir.join("base.f32"), raw(&data))?;
-        std::fs::write(dir.join("queries.f32"), raw(&q))?;
-    }
-    let t0 = Instant::now();
-    let mut h = Hnsw::new(dim, params, 0);
-    for v in data.chunks_exact(dim) {
-        h.insert(v);
-    }
-    let build_s = t0.elapsed().as_secs_f64();
-    let mut lat = Vec::new();
-    let mut hit = 0usize;
-    for v in q.chunks_exact(dim) {
-        let s = Instant::now();
-        let r = h.search(v, 10, params.ef_search, &|_| true);
-        lat.push(s.elapsed().as_secs_f64() * 1e6);
-        let e = exact_search(&data, dim, v, 10, &|_| true);
-        hit += r.iter().filter(|x| e.iter().any(|y| y.0 == x.0)).count();
-    }
-    lat.sort_by(f64::total_cmp);
-    let p = |f: f64| lat[((lat.len() as f64 - 1.0) * f).round() as usize];
-    Ok(
-        json!({"n": n, "dim": dim, "queries": queries, "m": params.m, "ef_construction": params.ef_construction,
-              "ef_search": params.ef_search, "build_s": build_s, "p50_us": p(0.5), "p99_us": p(0.99),
-              "recall@10": hit as f64 / (queries * 10) as f64}),
-    )
 }

@@ -404,25 +404,6 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
                 *compare_unfused,
                 device_choice(cli)?,
             ),
-            super::BenchWhat::Store {
-                n,
-                dim,
-                queries,
-                m,
-                ef_construction,
-                ef_search,
-                export,
-            } => super::bench::store(
-                *n,
-                *dim,
-                *queries,
-                crate::store::hnsw::HnswParams {
-                    m: *m,
-                    ef_construction: *ef_construction,
-                    ef_search: *ef_search,
-                },
-                export.as_deref(),
-            ),
         },
         Command::Convert {
             from,

@@ -356,8 +356,8 @@ pub enum BenchWhat {
     Dicom {
         /// Files (default: the DICOM fixtures).
         files: Vec<PathBuf>,
-        /// Repetitions (median reported).
-        #[arg(long, default_value_t = 9)]
+        /// Rounds of interleaved runs (medians reported), then as many pinned to one core.
+        #[arg(long, default_value_t = 11)]
         runs: usize,
     },
     /// Model latency with random weights.
@@ -383,30 +383,6 @@ pub enum BenchWhat {
         /// Threads for candle's CPU kernels (RAYON_NUM_THREADS); default: all.
         #[arg(long)]
         threads: Option<usize>,
-    },
-    /// HNSW search latency and recall.
-    Store {
-        /// Vectors.
-        #[arg(long, default_value_t = 10_000)]
-        n: usize,
-        /// Dimension.
-        #[arg(long, default_value_t = 768)]
-        dim: usize,
-        /// Queries.
-        #[arg(long, default_value_t = 1000)]
-        queries: usize,
-        /// M.
-        #[arg(long, default_value_t = 16)]
-        m: usize,
-        /// efConstruction.
-        #[arg(long, default_value_t = 200)]
-        ef_construction: usize,
-        /// efSearch.
-        #[arg(long, default_value_t = 512)]
-        ef_search: usize,
-        /// Also write the vectors (base.f32, queries.f32) here for the FAISS peer.
-        #[arg(long)]
-        export: Option<PathBuf>,
     },
 }
 
