@@ -90,42 +90,35 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     dot_fused(a, b)
 }
 
-/// 32 independent lanes with one fused multiply-add each per step.
+/// The fused loop: [`dot_lanes`] with one fused multiply-add per lane and step.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn dot_fused(a: &[f32], b: &[f32]) -> f32 {
-    let mut s = [0f32; 32];
-    let ca = a.chunks_exact(32);
-    let cb = b.chunks_exact(32);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..32 {
-            s[k] = x[k].mul_add(y[k], s[k]);
-        }
-    }
-    let mut t: f32 = s.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        t = x.mul_add(*y, t);
-    }
-    t
+    dot_lanes(a, b, |x, y, acc| x.mul_add(y, acc))
+}
+
+/// The portable loop: [`dot_lanes`] with a separately rounded product and sum.
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b, |x, y, acc| acc + x * y)
 }
 
 /// 32 independent lanes so the compiler vectorises without reordering any single lane's sum,
-/// and the additions do not wait on one another.
+/// and the additions do not wait on one another; `step(x, y, acc)` accumulates one product.
 #[inline(always)]
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+fn dot_lanes(a: &[f32], b: &[f32], step: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let mut s = [0f32; 32];
     let ca = a.chunks_exact(32);
     let cb = b.chunks_exact(32);
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for k in 0..32 {
-            s[k] += x[k] * y[k];
+            s[k] = step(x[k], y[k], s[k]);
         }
     }
     let mut t: f32 = s.iter().sum();
     for (x, y) in ra.iter().zip(rb) {
-        t += x * y;
+        t = step(*x, *y, t);
     }
     t
 }
