@@ -19,9 +19,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, SiglipVisionConfig, SiglipVisionModel
+from transformers import (Dinov2Config, Dinov2Model, Gemma3ForCausalLM, Gemma3TextConfig,
+                          SiglipVisionConfig, SiglipVisionModel)
+from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 
 
 DEVICE = "cpu"
@@ -64,15 +68,39 @@ class MapProjector(torch.nn.Module):
         return self.p2(torch.nn.functional.gelu(self.p1(h), approximate="tanh"))
 
 
+class DinoWithHead(torch.nn.Module):
+    """Dinov2Model (SDPA) whose patch tokens, less a fixed centre, feed SigLIP's MAP head: what
+    our `dinov2` vision kind with `vision_use_head` computes."""
+
+    def __init__(self, v, image_size):
+        super().__init__()
+        common = dict(hidden_size=v["hidden_size"], intermediate_size=v["intermediate_size"],
+                      num_attention_heads=v["num_attention_heads"], layer_norm_eps=v["layer_norm_eps"])
+        self.backbone = Dinov2Model(Dinov2Config(
+            **common, mlp_ratio=v["intermediate_size"] // v["hidden_size"],
+            num_hidden_layers=v["num_hidden_layers"], num_channels=3, image_size=v["image_size"],
+            patch_size=v["patch_size"], hidden_act="gelu", attn_implementation="sdpa"))
+        self.center = torch.nn.Parameter(torch.zeros(v["hidden_size"]))
+        self.head = SiglipMultiheadAttentionPoolingHead(SiglipVisionConfig(**common, image_size=image_size))
+
+    def forward(self, pixel_values):
+        x = pixel_values.expand(-1, 3, -1, -1)
+        h = self.backbone(pixel_values=x).last_hidden_state[:, 1:]
+        return SimpleNamespace(last_hidden_state=h, pooler_output=self.head(h - self.center))
+
+
 def torch_models(cfg):
     v = cfg["vision"]
-    vc = SiglipVisionConfig(
-        hidden_size=v["hidden_size"], intermediate_size=v["intermediate_size"],
-        num_hidden_layers=v["num_hidden_layers"], num_attention_heads=v["num_attention_heads"],
-        num_channels=v["num_channels"], image_size=cfg["image_size"], patch_size=v["patch_size"],
-        layer_norm_eps=v["layer_norm_eps"], vision_use_head=True,
-    )
-    vision = SiglipVisionModel(vc).eval()
+    if v.get("kind") == "dinov2":
+        vision = DinoWithHead(v, cfg["image_size"]).eval()
+    else:
+        vc = SiglipVisionConfig(
+            hidden_size=v["hidden_size"], intermediate_size=v["intermediate_size"],
+            num_hidden_layers=v["num_hidden_layers"], num_attention_heads=v["num_attention_heads"],
+            num_channels=v["num_channels"], image_size=cfg["image_size"], patch_size=v["patch_size"],
+            layer_norm_eps=v["layer_norm_eps"], vision_use_head=True,
+        )
+        vision = SiglipVisionModel(vc).eval()
     d = cfg["decoder"]
     dc = Gemma3TextConfig(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
@@ -91,8 +119,11 @@ def torch_models(cfg):
 
 
 def bench_preset(exe, preset, image, runs, new_tokens):
+    """`preset` is a preset name (random weights) or a model folder (its own weights; the PyTorch
+    peer is the same architecture with random weights, which costs the same)."""
+    which = ["--model-dir", preset] if Path(preset).is_dir() else ["--preset", preset]
     out = subprocess.run(
-        [exe, "--headless", "--device", DEVICE, "bench", "model", "--preset", preset, "--image", image,
+        [exe, "--headless", "--device", DEVICE, "bench", "model", *which, "--image", image,
          "--runs", str(runs), "--new-tokens", str(new_tokens)],
         check=True, capture_output=True, text=True,
     ).stdout
@@ -123,7 +154,7 @@ def bench_preset(exe, preset, image, runs, new_tokens):
     t_embed = median_ms(embed, runs)
     t_ground = median_ms(ground, runs)
     return {
-        "preset": preset, "image_size": s, "new_tokens": n_new,
+        "preset": Path(preset).name, "image_size": s, "new_tokens": n_new,
         "ours_embed_ms": ours["embed_image_ms"], "torch_embed_ms": t_embed,
         "embed_ratio": ours["embed_image_ms"] / t_embed,
         "ours_ground_ms": ours["ground_ms"], "torch_ground_ms": t_ground,
@@ -135,7 +166,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--exe", required=True)
     ap.add_argument("--image", required=True)
-    ap.add_argument("--presets", default="lofi-tiny,lofi-base,lofi-paper")
+    ap.add_argument("--presets", default="models/lofi-dino,lofi-tiny,lofi-base,lofi-paper",
+                    help="preset names or model folders, comma-separated")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0)
