@@ -5,6 +5,15 @@ use lofi_viewer::cli::{commands, Cli};
 use lofi_viewer::util::Cancel;
 
 fn main() {
+    // With MKL, two thread pools share the cores: Intel OpenMP's (matmuls) and candle's barrier
+    // pool (elementwise ops), which by default spins 25,000 times before sleeping and so takes
+    // the cores MKL's threads need. Measured on the bundled model (2 cores, `bench model`):
+    // embed 150 → 107 ms with a limit of 1,000. Set before any candle call reads it; a value
+    // the user exported wins.
+    #[cfg(feature = "mkl")]
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
