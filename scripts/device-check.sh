@@ -19,6 +19,13 @@ mkdir -p "$OUTDIR"
 LOG=$OUTDIR/device-check.jsonl
 : > "$LOG"
 IMG=tests/fixtures/nih/images/00005066_030.png
+# the CUDA build links cuBLAS, cuRAND and the CUDA runtime dynamically (13.x sonames): take them
+# from the nvidia wheels that come with the device's torch, next to the driver's libcuda.so.1
+NVLIB=$(python3 -c 'import nvidia, os; print(":".join(sorted(os.path.join(r, d) for p in nvidia.__path__ for r, ds, _ in os.walk(p) for d in ds if d == "lib")))' 2>/dev/null || true)
+export LD_LIBRARY_PATH=${NVLIB}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if ldd "$BIN" | grep -q "not found"; then
+  echo "{\"step\":\"info\",\"missing_libraries\":\"$(ldd "$BIN" | grep "not found" | awk '{print $1}' | tr '\n' ' ')\"}" >> "$LOG"
+fi
 STORE=$(mktemp -d)
 run() { "$BIN" --headless --store "$STORE/st" "$@"; }
 echo "{\"step\":\"info\",\"device\":\"$DEV\",\"nvidia_smi\":\"$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)\"}" >> "$LOG"
