@@ -228,11 +228,16 @@ impl Hnsw {
         }
     }
 
+    /// Slots per node in the layer-0 array: the count, then up to [`Self::max_degree`] ids.
+    fn stride0(&self) -> usize {
+        self.max_degree(0) + 1
+    }
+
     /// Neighbours of node `n` on `layer` (empty above its level).
     #[inline]
     fn neighbours(&self, n: u32, layer: usize) -> &[u32] {
         if layer == 0 {
-            let base = n as usize * (self.max_degree(0) + 1);
+            let base = n as usize * self.stride0();
             let count = self.links0[base] as usize;
             &self.links0[base + 1..base + 1 + count]
         } else {
@@ -246,7 +251,7 @@ impl Hnsw {
     fn set_neighbours(&mut self, n: u32, layer: usize, ids: &[u32]) {
         debug_assert!(ids.len() <= self.max_degree(layer));
         if layer == 0 {
-            let base = n as usize * (self.max_degree(0) + 1);
+            let base = n as usize * self.stride0();
             self.links0[base] = ids.len() as u32;
             self.links0[base + 1..base + 1 + ids.len()].copy_from_slice(ids);
         } else if let Some(l) = self.upper[n as usize].get_mut(layer - 1) {
@@ -340,8 +345,7 @@ impl Hnsw {
         let level = ((-r.ln() * ml).floor() as usize).min(16) as u8;
         self.data.extend_from_slice(v);
         self.levels.push(level);
-        self.links0
-            .resize(self.links0.len() + self.max_degree(0) + 1, 0);
+        self.links0.resize(self.links0.len() + self.stride0(), 0);
         self.upper.push(vec![Vec::new(); level as usize]);
         let Some(mut ep) = self.entry else {
             self.entry = Some(id);
@@ -510,20 +514,33 @@ impl Hnsw {
         }
         let entry = u32::from_le_bytes(take(&mut p, 4)?.try_into().map_err(|_| "bad header")?);
         let max_level = take(&mut p, 1)?[0];
-        let mut levels = Vec::with_capacity(n);
-        let stride0 = 2 * m + 1;
-        let mut links0 = vec![0u32; n * stride0];
-        let mut upper = Vec::with_capacity(n);
+        let mut h = Self {
+            params: HnswParams {
+                m,
+                ef_construction: efc,
+                ef_search: efs,
+            },
+            dim,
+            data,
+            levels: Vec::with_capacity(n),
+            links0: Vec::new(),
+            upper: Vec::with_capacity(n),
+            entry: (n > 0).then_some(entry),
+            max_level,
+            rng: ChaCha8Rng::seed_from_u64(seed.wrapping_add(n as u64)),
+        };
+        h.links0 = vec![0u32; n * h.stride0()];
         for node in 0..n {
             let lv = take(&mut p, 1)?[0];
             if lv > 16 {
                 return Err("bad level".into());
             }
-            let mut per = Vec::with_capacity(lv as usize);
-            for layer in 0..=lv {
+            h.levels.push(lv);
+            h.upper.push(vec![Vec::new(); lv as usize]);
+            for layer in 0..=lv as usize {
                 let c = u32::from_le_bytes(take(&mut p, 4)?.try_into().map_err(|_| "bad count")?)
                     as usize;
-                if c > if layer == 0 { 2 * m } else { m } {
+                if c > h.max_degree(layer) {
                     return Err("bad neighbour count".into());
                 }
                 let raw = take(&mut p, 4 * c)?;
@@ -534,35 +551,13 @@ impl Hnsw {
                 if l.iter().any(|&x| x as usize >= n) {
                     return Err("neighbour out of range".into());
                 }
-                if layer == 0 {
-                    let base = node * stride0;
-                    links0[base] = c as u32;
-                    links0[base + 1..base + 1 + c].copy_from_slice(&l);
-                } else {
-                    per.push(l);
-                }
+                h.set_neighbours(node as u32, layer, &l);
             }
-            levels.push(lv);
-            upper.push(per);
         }
         if p != b.len() || (n > 0 && entry as usize >= n) {
             return Err("index file has trailing or inconsistent data".into());
         }
-        Ok(Self {
-            params: HnswParams {
-                m,
-                ef_construction: efc,
-                ef_search: efs,
-            },
-            dim,
-            data,
-            levels,
-            links0,
-            upper,
-            entry: (n > 0).then_some(entry),
-            max_level,
-            rng: ChaCha8Rng::seed_from_u64(seed.wrapping_add(n as u64)),
-        })
+        Ok(h)
     }
 }
 
