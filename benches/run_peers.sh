@@ -18,7 +18,7 @@ cargo build --release --no-default-features --bin lofi-viewer
 EXE=$CARGO_TARGET_DIR/release/lofi-viewer
 case $what in
   model)
-    venv "torch, transformers, numpy" torch transformers numpy safetensors
+    venv "torch, transformers, numpy, PIL" torch transformers numpy safetensors pillow
     "$VENV/bin/python" benches/model_vs_torch.py --exe "$EXE" --image "${1:-tests/fixtures/nih/images/00000032_037.png}" "${@:2}" ;;
   ann)
     venv "faiss, numpy" faiss-cpu numpy

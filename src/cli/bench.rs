@@ -220,14 +220,14 @@ pub fn model(
     let build_s = t0.elapsed().as_secs_f64();
     let img = crate::dicom::load_gray8(image)?;
     let _ = lofi.encode(&img)?; // warm-up
-    {
-        let _u = crate::model::nn::force(!compare_unfused);
+    if compare_unfused {
+        let _u = crate::model::nn::force(false);
         let _ = lofi.encode(&img)?;
     }
-    // the device's default path, or (with compare_unfused) the fused kernels against the
+    // the device's default inference path, or (with compare_unfused) that path against the
     // differentiable ops, interleaved A B A B
     let modes: &[Option<bool>] = if compare_unfused {
-        &[Some(true), Some(false)]
+        &[None, Some(false)]
     } else {
         &[None]
     };
@@ -236,7 +236,7 @@ pub fn model(
         for (i, &fused) in modes.iter().enumerate() {
             let _u = fused.map(crate::model::nn::force);
             let s = Instant::now();
-            std::hint::black_box(lofi.encode(&img)?.embedding);
+            std::hint::black_box(lofi.embed_image(&img)?);
             embed[i].push(s.elapsed().as_secs_f64() * 1000.0);
         }
     }
@@ -272,6 +272,8 @@ pub fn model(
     let [g_fused, g_slow] = ground;
     let mut out = json!({"preset": what, "image": image, "image_size": cfg.image_size, "image_tokens": cfg.projector.num_tokens,
               "new_tokens": generated, "build_s": build_s, "embed_image_ms": median(e_fused.clone()), "ground_ms": median(g_fused.clone()),
+              "embed_image_min_ms": e_fused.iter().copied().fold(f64::INFINITY, f64::min),
+              "ground_min_ms": g_fused.iter().copied().fold(f64::INFINITY, f64::min),
               "prompt_tokens": prompt_tokens, "runs": runs,
               "threads": std::env::var("RAYON_NUM_THREADS").ok(), "device": format!("{device:?}"), "config": serde_json::to_value(&cfg)?});
     if compare_unfused {

@@ -76,7 +76,7 @@ pub fn query_embedding(m: &Lofi, image: &Path, bbox: Option<[f32; 4]>) -> Result
         Some(b) => crate::service::crop_region(&img, b),
         None => img,
     };
-    Ok(m.encode(&img)?.embedding)
+    Ok(m.embed_image(&img)?)
 }
 
 /// A terminal progress bar on stderr.
@@ -221,7 +221,7 @@ pub fn run(cli: &Cli, cmd: &Command, cancel: &Cancel) -> Result<Value> {
         Command::Embed { image, text } => {
             let m = load_model(cli)?;
             let embedding = match (image, text) {
-                (Some(p), None) => m.encode(&load_image(p)?)?.embedding,
+                (Some(p), None) => m.embed_image(&load_image(p)?)?,
                 (None, Some(t)) => m.embed_text(t)?,
                 _ => bail!("give exactly one of --image or --text"),
             };

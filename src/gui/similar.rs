@@ -145,10 +145,10 @@ impl SimilarState {
         let cancel = jobs.spawn("similar-search", move |h| {
             let run = || -> Result<(String, Found), String> {
                 let emb = match &q {
-                    Query::Image(g, _) => model.encode(g).map_err(|e| e.to_string())?.embedding,
+                    Query::Image(g, _) => model.embed_image(g).map_err(|e| e.to_string())?,
                     Query::Region(g, b) => {
                         let crop = crate::service::crop_region(g, *b);
-                        model.encode(&crop).map_err(|e| e.to_string())?.embedding
+                        model.embed_image(&crop).map_err(|e| e.to_string())?
                     }
                     Query::Text(t) => model.embed_text(t).map_err(|e| e.to_string())?,
                 };

@@ -144,7 +144,7 @@ impl Module for GeGlu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.gate_proj.forward(x)?;
         let g = match self.act {
-            HiddenActivation::GeluPytorchTanh => g.gelu()?,
+            HiddenActivation::GeluPytorchTanh => super::nn::gelu(&g)?,
             HiddenActivation::Silu => candle_nn::ops::silu(&g)?,
         };
         self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)

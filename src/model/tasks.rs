@@ -220,12 +220,8 @@ impl Lofi {
         Ok((t.to_dtype(self.dtype)?, lb))
     }
 
-    /// Encode several images in one batch.
-    pub fn encode_batch(&self, imgs: &[&GrayImage]) -> Result<Vec<EncodedImage>, ModelError> {
-        let _fused = super::nn::inference(&self.device);
-        if imgs.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Letterboxed, normalised pixels of several images as one `(B, C, S, S)` batch.
+    fn pixel_batch(&self, imgs: &[&GrayImage]) -> Result<(Tensor, Vec<Letterbox>), ModelError> {
         let mut px = Vec::with_capacity(imgs.len());
         let mut lbs = Vec::with_capacity(imgs.len());
         for img in imgs {
@@ -233,12 +229,14 @@ impl Lofi {
             px.push(t);
             lbs.push(lb);
         }
-        let px = Tensor::cat(&px, 0)?;
-        let out = self.model.encode_images(&px)?;
-        let prefix = self.model.projector.forward(&out.tokens)?;
-        let backbone_mean = out.tokens.mean(1)?.to_dtype(DType::F32)?;
-        let pooled = match out.pooled {
-            Some(p) => p,
+        Ok((Tensor::cat(&px, 0)?, lbs))
+    }
+
+    /// The retrieval embedding of a vision output: the pooled feature (head, or the mean of the
+    /// patch tokens), less the training-set centre, L2-normalised; `(B, D)` in f32.
+    fn retrieval_embedding(&self, out: &super::vision::VisionOutput) -> Result<Tensor, ModelError> {
+        let pooled = match &out.pooled {
+            Some(p) => p.clone(),
             None => out.tokens.mean(1)?,
         };
         let pooled = pooled.to_dtype(DType::F32)?;
@@ -246,7 +244,20 @@ impl Lofi {
             Some(c) => pooled.broadcast_sub(c)?,
             None => pooled,
         };
-        let emb = l2_normalize(&pooled)?;
+        Ok(l2_normalize(&pooled)?)
+    }
+
+    /// Encode several images in one batch: the retrieval embedding and the decoder prefix.
+    pub fn encode_batch(&self, imgs: &[&GrayImage]) -> Result<Vec<EncodedImage>, ModelError> {
+        let _fused = super::nn::inference(&self.device);
+        if imgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (px, lbs) = self.pixel_batch(imgs)?;
+        let out = self.model.encode_images(&px)?;
+        let prefix = self.model.projector.forward(&out.tokens)?;
+        let backbone_mean = out.tokens.mean(1)?.to_dtype(DType::F32)?;
+        let emb = self.retrieval_embedding(&out)?;
         let mut res = Vec::with_capacity(imgs.len());
         for (i, lb) in lbs.into_iter().enumerate() {
             res.push(EncodedImage {
@@ -257,6 +268,25 @@ impl Lofi {
             });
         }
         Ok(res)
+    }
+
+    /// Retrieval embeddings only (what indexing and search need): the vision tower and its
+    /// head, without the projector's decoder prefix. Equal to `encode_batch(..).embedding`.
+    pub fn embed_batch(&self, imgs: &[&GrayImage]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let _fused = super::nn::inference(&self.device);
+        if imgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (px, _) = self.pixel_batch(imgs)?;
+        let out = self.model.encode_images(&px)?;
+        Ok(self.retrieval_embedding(&out)?.to_vec2()?)
+    }
+
+    /// The retrieval embedding of one image (see [`Lofi::embed_batch`]).
+    pub fn embed_image(&self, img: &GrayImage) -> Result<Vec<f32>, ModelError> {
+        self.embed_batch(&[img])?
+            .pop()
+            .ok_or_else(|| ModelError::Config("embedding produced no output".into()))
     }
 
     /// Raw pooled image features (before centring and normalisation), one row per image.

@@ -92,10 +92,10 @@ pub fn build(
             );
         }
         let refs: Vec<&image::GrayImage> = grays.iter().collect();
-        let enc = lofi.encode_batch(&refs)?;
+        let enc = lofi.embed_batch(&refs)?;
         for ((r, g), (e, hash)) in chunk.iter().zip(&grays).zip(enc.iter().zip(hashes)) {
-            dim = e.embedding.len();
-            emb.extend_from_slice(&e.embedding);
+            dim = e.len();
+            emb.extend_from_slice(e);
             let side = if r.regions.is_empty() {
                 PLAIN_SIDE
             } else {

@@ -205,7 +205,7 @@ pub fn index(
                     return Ok(());
                 }
                 let refs: Vec<&image::GrayImage> = batch.iter().map(|d| &d.gray).collect();
-                let enc = match lofi.encode_batch(&refs) {
+                let enc = match lofi.embed_batch(&refs) {
                     Ok(e) => e,
                     Err(e) => {
                         for d in batch.drain(..) {
@@ -224,7 +224,7 @@ pub fn index(
                         let m = by_path.get(&canonical(&d.path));
                         let (pid, study, series, sop, view) = d.ids;
                         NewRecord {
-                            embedding: e.embedding,
+                            embedding: e,
                             meta: RecordMeta {
                                 model_id: model.clone(),
                                 patient_id: m.and_then(|r| r.patient_id.clone()).unwrap_or(pid),
@@ -305,12 +305,8 @@ pub fn reembed(
             }
         }
         let refs: Vec<&image::GrayImage> = imgs.iter().collect();
-        let enc = lofi.encode_batch(&refs)?;
-        let updates: Vec<(i64, Vec<f32>)> = ids
-            .into_iter()
-            .zip(enc)
-            .map(|(i, e)| (i, e.embedding))
-            .collect();
+        let enc = lofi.embed_batch(&refs)?;
+        let updates: Vec<(i64, Vec<f32>)> = ids.into_iter().zip(enc).collect();
         report.reembedded += updates.len();
         store.replace_embeddings(&updates, &model)?;
         (opts.progress)(((ci + 1) * opts.batch).min(total), total);
