@@ -2,7 +2,7 @@
 """CPU latency of LoFi's `embed_image` and `ground`, ours (candle) against HF transformers
 (PyTorch) running the same architecture and sizes, same machine, same run.
 
-Usage: benches/model_vs_torch.sh (creates the venv, then runs this file).
+Usage: benches/run_peers.sh model (builds ours, creates the venv, then runs this file).
 
 For each preset this script first runs `lofi-viewer --headless bench model --preset P`, which
 prints our timings and the exact model config; it then builds the same towers in PyTorch with
@@ -13,7 +13,10 @@ random weights:
     exactly as many new tokens as our run produced.
 Both peers start from the same decoded 8-bit image and letterbox it to the model's size (ours:
 `image`'s Lanczos3; PyTorch's peer: PIL's Lanczos), so they do the same work.
-Medians of repeated runs; ratio = ours / PyTorch (below 1: we are faster).
+Peers interleaved in blocks: each round runs every build of ours given (`--exe LABEL=PATH`, e.g. the
+default and the mkl build), then PyTorch, `--runs` timings each; a peer's figure is the median of
+its per-round medians. Thread counts: both peers get the same (`--threads 2,1`: the second count
+only for `--single-thread-presets`). Ratio = ours / PyTorch (below 1: we are faster).
 """
 import argparse
 import json
@@ -122,17 +125,26 @@ def torch_models(cfg):
     return vision, proj, decoder
 
 
-def bench_preset(exe, preset, image, runs, new_tokens):
-    """`preset` is a preset name (random weights) or a model folder (its own weights; the PyTorch
-    peer is the same architecture with random weights, which costs the same)."""
+def run_ours(exe, preset, image, runs, new_tokens, threads):
+    """One `bench model` process: medians (and minima) of `runs` embeds and groundings."""
     which = ["--model-dir", preset] if Path(preset).is_dir() else ["--preset", preset]
     out = subprocess.run(
         [exe, "--headless", "--device", DEVICE, "bench", "model", *which, "--image", image,
-         "--runs", str(runs), "--new-tokens", str(new_tokens)],
+         "--runs", str(runs), "--new-tokens", str(new_tokens), "--threads", str(threads)],
         check=True, capture_output=True, text=True,
     ).stdout
-    ours = json.loads(out)
-    cfg = ours["config"]
+    return json.loads(out)
+
+
+def bench_preset(exes, preset, image, runs, new_tokens, rounds, threads):
+    """`preset` is a preset name (random weights) or a model folder (its own weights; the PyTorch
+    peer is the same architecture with random weights, which costs the same). Each round runs
+    every build of ours (`exes`, label → path) and then PyTorch, `runs` timings each, so the peers
+    are interleaved in blocks (ours A, ours B, torch, ours A, …); the result per peer is the median
+    of its per-round medians."""
+    torch.set_num_threads(threads)
+    first = run_ours(next(iter(exes.values())), preset, image, 1, new_tokens, threads)
+    cfg = first["config"]
     vision, proj, decoder = (m.to(DEVICE) for m in torch_models(cfg))
     s = cfg["image_size"]
     channels = cfg["vision"]["num_channels"]
@@ -149,8 +161,8 @@ def bench_preset(exe, preset, image, runs, new_tokens):
         sq.paste(gray.resize((iw, ih), Image.LANCZOS), ((s - iw) // 2, (s - ih) // 2))
         t = torch.from_numpy(np.asarray(sq, dtype=np.float32)).to(DEVICE) / 127.5 - 1.0
         return t.expand(1, channels, s, s)
-    n_new = max(1, ours["new_tokens"])
-    n_prompt = ours["prompt_tokens"]
+    n_new = max(1, first["new_tokens"])
+    n_prompt = first["prompt_tokens"]
     hidden = cfg["decoder"]["hidden_size"]
     text_embeds = torch.randn(1, n_prompt - cfg["projector"]["num_tokens"], hidden, device=DEVICE)
 
@@ -168,39 +180,66 @@ def bench_preset(exe, preset, image, runs, new_tokens):
             do_sample=False, use_cache=True, pad_token_id=0,
         )
 
-    t_embed = median_ms(embed, runs)
-    t_ground = median_ms(ground, runs)
-    return {
-        "preset": Path(preset).name, "image_size": s, "new_tokens": n_new,
-        "ours_embed_ms": ours["embed_image_ms"], "torch_embed_ms": t_embed,
-        "embed_ratio": ours["embed_image_ms"] / t_embed,
-        "ours_ground_ms": ours["ground_ms"], "torch_ground_ms": t_ground,
-        "ground_ratio": ours["ground_ms"] / t_ground,
-    }
+    per = {label: {"embed": [], "ground": []} for label in [*exes, "torch"]}
+    for r in range(rounds):
+        for label, exe in exes.items():
+            o = run_ours(exe, preset, image, runs, new_tokens, threads)
+            per[label]["embed"].append(o["embed_image_ms"])
+            per[label]["ground"].append(o["ground_ms"])
+        per["torch"]["embed"].append(median_ms(embed, runs))
+        per["torch"]["ground"].append(median_ms(ground, runs))
+        print(f"  {Path(preset).name} {threads}t round {r + 1}/{rounds}: "
+              + ", ".join(f"{k} {v['embed'][-1]:.1f}/{v['ground'][-1]:.1f}" for k, v in per.items()),
+              file=sys.stderr, flush=True)
+    med = {k: {t: statistics.median(v[t]) for t in v} for k, v in per.items()}
+    return [{
+        "preset": Path(preset).name, "build": label, "threads": threads, "image_size": s,
+        "new_tokens": n_new, "rounds": rounds, "runs": runs,
+        "ours_embed_ms": med[label]["embed"], "torch_embed_ms": med["torch"]["embed"],
+        "embed_ratio": med[label]["embed"] / med["torch"]["embed"],
+        "ours_ground_ms": med[label]["ground"], "torch_ground_ms": med["torch"]["ground"],
+        "ground_ratio": med[label]["ground"] / med["torch"]["ground"],
+        "per_round": per,
+    } for label in exes]
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--exe", required=True)
+    ap.add_argument("--exe", required=True, action="append",
+                    help="our binary, as PATH or LABEL=PATH (repeat to interleave several builds)")
     ap.add_argument("--image", required=True)
-    ap.add_argument("--presets", default="models/lofi-dino,lofi-tiny,lofi-base,lofi-paper",
+    ap.add_argument("--presets", default="models/lofi-dino,lofi-tiny,lofi-base",
                     help="preset names or model folders, comma-separated")
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=5, help="timings per peer and round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", default="2,1",
+                    help="thread counts, comma-separated (both peers use the same)")
+    ap.add_argument("--single-thread-presets", default="models/lofi-dino,lofi-tiny",
+                    help="presets that also get the thread counts after the first")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both peers on the same device)")
+    ap.add_argument("--json", help="write the rows (with every round's medians) here")
     a = ap.parse_args()
     global DEVICE
     DEVICE = a.device
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    rows = [bench_preset(a.exe, p, a.image, a.runs, a.new_tokens) for p in a.presets.split(",")]
-    print("| preset | image | embed_image ours ms | PyTorch ms | ratio | ground ours ms | PyTorch ms | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    exes = {}
+    for e in a.exe:
+        label, _, path = e.rpartition("=")
+        exes[label or "default"] = path
+    threads = [int(t) for t in a.threads.split(",")]
+    rows = []
+    for p in a.presets.split(","):
+        for i, t in enumerate(threads):
+            if i == 0 or p in a.single_thread_presets.split(","):
+                rows += bench_preset(exes, p, a.image, a.runs, a.new_tokens, a.rounds, t)
+    print("| preset | build | threads | embed_image ours ms | PyTorch ms | ratio | ground ours ms | PyTorch ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['image_size']} | {r['ours_embed_ms']:.1f} | {r['torch_embed_ms']:.1f} | "
+        print(f"| {r['preset']} | {r['build']} | {r['threads']} | {r['ours_embed_ms']:.1f} | {r['torch_embed_ms']:.1f} | "
               f"{r['embed_ratio']:.2f} | {r['ours_ground_ms']:.1f} | {r['torch_ground_ms']:.1f} | {r['ground_ratio']:.2f} |")
-    json.dump(rows, sys.stderr, indent=1)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":

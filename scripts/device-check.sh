@@ -63,7 +63,7 @@ for m in "--model-dir models/lofi-dino" "--preset lofi-base"; do
 done
 if python3 -c "import torch, transformers" 2>/dev/null; then
   python3 benches/model_vs_torch.py --exe "$BIN" --image "$IMG" --presets lofi-base --runs 11 \
-    --device "$DEV" > /dev/null 2> "$OUTDIR/torch.json" &&
+    --rounds 2 --threads "$(nproc)" --device "$DEV" --json "$OUTDIR/torch.json" > /dev/null &&
     python3 -c "import json; d=json.load(open('$OUTDIR/torch.json')); print(json.dumps({'step':'torch','result':d}))" >> "$LOG"
 else
   echo '{"step":"torch","skipped":"torch/transformers not installed"}' >> "$LOG"

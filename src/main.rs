@@ -5,12 +5,12 @@ use lofi_viewer::cli::{commands, Cli};
 use lofi_viewer::util::Cancel;
 
 fn main() {
-    // With MKL, two thread pools share the cores: Intel OpenMP's (matmuls) and candle's barrier
-    // pool (elementwise ops), which by default spins 25,000 times before sleeping and so takes
-    // the cores MKL's threads need. Measured on the bundled model (2 cores, `bench model`):
-    // embed 150 → 107 ms with a limit of 1,000. Set before any candle call reads it; a value
-    // the user exported wins.
-    #[cfg(feature = "mkl")]
+    // Two thread pools share the cores: rayon's (gemm's matmuls, our CPU kernels; Intel
+    // OpenMP's in `mkl` builds) and candle's barrier pool (elementwise ops), which by default
+    // spins 25,000 times before sleeping and so takes the cores the matmuls need. Measured on the
+    // bundled model (2 cores, `bench model`, interleaved): embed 126–128 → 100–104 ms (minima)
+    // in the default build with a limit of 1,000, 150 → 107 ms (medians) in the mkl build. Set
+    // before any candle call reads it; a value the user exported wins.
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
     }

@@ -189,7 +189,10 @@ pub fn model(
     device: crate::model::load::DeviceChoice,
 ) -> Result<Value> {
     if let Some(t) = threads {
+        // candle's CPU kernels (rayon), and Intel OpenMP's matmul threads in `mkl` builds; both
+        // read once, at their first use, which is after this
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        std::env::set_var("OMP_NUM_THREADS", t.to_string());
     }
     let t0 = Instant::now();
     let (lofi, cfg, what) = match model_dir {

@@ -11,8 +11,8 @@ use candle_nn::{Init, VarBuilder};
 
 use super::config::VisionConfig;
 use super::nn::{
-    attention, merge_heads, resize_position_grid, split_heads, Activation, LayerNorm, Linear,
-    LoraSpec, Mlp, W_INIT,
+    multi_head_attention, resize_position_grid, Activation, LayerNorm, Linear, LoraSpec, Mlp,
+    W_INIT,
 };
 
 /// ImageNet channel means (RGB) DINOv2 was trained with.
@@ -72,12 +72,14 @@ impl Layer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = &self.attention;
         let h = self.norm1.forward(x)?;
-        let q = split_heads(&a.query.forward(&h)?, a.heads)?;
-        let k = split_heads(&a.key.forward(&h)?, a.heads)?;
-        let v = split_heads(&a.value.forward(&h)?, a.heads)?;
+        let (q, k, v) = (
+            a.query.forward(&h)?,
+            a.key.forward(&h)?,
+            a.value.forward(&h)?,
+        );
         let o = a
             .dense
-            .forward(&merge_heads(&attention(&q, &k, &v, a.scale, None, None)?)?)?;
+            .forward(&multi_head_attention(&q, &k, &v, a.heads, a.scale)?)?;
         let x = (x + o.broadcast_mul(&self.layer_scale1)?)?;
         let h = self.mlp.forward(&self.norm2.forward(&x)?)?;
         &x + h.broadcast_mul(&self.layer_scale2)?

@@ -6,7 +6,7 @@
 use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::nn::{attention, merge_heads, split_heads, LayerNorm, Linear, LoraSpec, Mlp, W_INIT};
+use super::nn::{multi_head_attention, LayerNorm, Linear, LoraSpec, Mlp, W_INIT};
 
 /// Width, depth and LoRA of one encoder stack.
 #[derive(Debug, Clone, Copy)]
@@ -49,11 +49,11 @@ impl SelfAttention {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(x)?, self.heads)?;
-        let k = split_heads(&self.k_proj.forward(x)?, self.heads)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.heads)?;
-        let o = attention(&q, &k, &v, self.scale, None, None)?;
-        self.out_proj.forward(&merge_heads(&o)?)
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let o = multi_head_attention(&q, &k, &v, self.heads, self.scale)?;
+        self.out_proj.forward(&o)
     }
 }
 
@@ -138,12 +138,11 @@ impl PackedAttention {
     }
 
     fn forward(&self, q: &Tensor, kv: &Tensor) -> Result<Tensor> {
-        let qh = split_heads(&self.q.forward(q)?, self.heads)?;
-        let kh = split_heads(&self.k.forward(kv)?, self.heads)?;
-        let vh = split_heads(&self.v.forward(kv)?, self.heads)?;
-        let d = qh.dim(3)?;
-        let o = attention(&qh, &kh, &vh, (d as f64).powf(-0.5), None, None)?;
-        self.out_proj.forward(&merge_heads(&o)?)
+        let q = self.q.forward(q)?;
+        let d = q.dim(2)? / self.heads;
+        let (k, v) = (self.k.forward(kv)?, self.v.forward(kv)?);
+        let o = multi_head_attention(&q, &k, &v, self.heads, (d as f64).powf(-0.5))?;
+        self.out_proj.forward(&o)
     }
 }
 

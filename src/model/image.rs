@@ -1,7 +1,7 @@
 //! Image side: letterbox + normalisation, and the mapping of boxes between original pixels and
 //! the letterboxed model square.
 
-use image::{imageops::FilterType, GrayImage};
+use image::GrayImage;
 
 use super::prompt::UnitBox;
 
@@ -77,11 +77,90 @@ pub fn letterbox_u8(img: &GrayImage, size: u32) -> (GrayImage, Letterbox) {
     let resized = if (img.width(), img.height()) == (lb.inner_w, lb.inner_h) {
         img.clone()
     } else {
-        image::imageops::resize(img, lb.inner_w, lb.inner_h, FilterType::Lanczos3)
+        resize_lanczos3(img, lb.inner_w, lb.inner_h)
     };
     let mut out = GrayImage::new(size, size);
     image::imageops::replace(&mut out, &resized, lb.pad_x as i64, lb.pad_y as i64);
     (out, lb)
+}
+
+/// `image`'s Lanczos3 kernel: `sinc(x)·sinc(x/3)` for |x| < 3, the same f32 operations.
+fn lanczos3(x: f32) -> f32 {
+    fn sinc(t: f32) -> f32 {
+        let a = t * std::f32::consts::PI;
+        if t == 0.0 {
+            1.0
+        } else {
+            a.sin() / a
+        }
+    }
+    if x.abs() < 3.0 {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
+
+/// One pass's taps, as `image` computes them: for each output index the first source index and
+/// the normalised weights.
+fn lanczos3_taps(len: u32, new_len: u32) -> Vec<(usize, Vec<f32>)> {
+    let ratio = len as f32 / new_len as f32;
+    let sratio = if ratio < 1.0 { 1.0 } else { ratio };
+    let support = 3.0 * sratio;
+    (0..new_len)
+        .map(|o| {
+            let centre = (o as f32 + 0.5) * ratio;
+            let left = ((centre - support).floor() as i64).clamp(0, i64::from(len) - 1);
+            let right = ((centre + support).ceil() as i64).clamp(left + 1, i64::from(len));
+            let centre = centre - 0.5;
+            let mut ws: Vec<f32> = (left..right)
+                .map(|i| lanczos3((i as f32 - centre) / sratio))
+                .collect();
+            let sum: f32 = ws.iter().fold(0.0, |a, w| a + w);
+            for w in &mut ws {
+                *w /= sum;
+            }
+            (left as usize, ws)
+        })
+        .collect()
+}
+
+/// Lanczos3 resize of a grey image, bit for bit what `image::imageops::resize(img, w, h,
+/// FilterType::Lanczos3)` returns (unit test), about 10× faster: `image` runs both passes over
+/// four f32 channels through per-pixel accessors, this over one, the vertical pass a row at a
+/// time (vectorised; each output still sums its taps in the same order, so the same roundings).
+pub fn resize_lanczos3(img: &GrayImage, new_w: u32, new_h: u32) -> GrayImage {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 || new_w == 0 || new_h == 0 {
+        return GrayImage::new(new_w, new_h);
+    }
+    if (w, h) == (new_w, new_h) {
+        return img.clone();
+    }
+    let (wu, src) = (w as usize, img.as_raw());
+    // vertical: (w × h) u8 → (w × new_h) f32
+    let mut tmp = vec![0f32; wu * new_h as usize];
+    for ((top, ws), out) in lanczos3_taps(h, new_h).iter().zip(tmp.chunks_exact_mut(wu)) {
+        for (i, &wt) in ws.iter().enumerate() {
+            let row = &src[(top + i) * wu..(top + i + 1) * wu];
+            for (t, &p) in out.iter_mut().zip(row) {
+                *t += f32::from(p) * wt;
+            }
+        }
+    }
+    // horizontal: (w × new_h) f32 → (new_w × new_h) u8, clamped and rounded half away from zero
+    let taps = lanczos3_taps(w, new_w);
+    let mut out = Vec::with_capacity(new_w as usize * new_h as usize);
+    for row in tmp.chunks_exact(wu) {
+        for (left, ws) in &taps {
+            let t = ws
+                .iter()
+                .zip(&row[*left..])
+                .fold(0f32, |t, (&wt, &p)| t + p * wt);
+            out.push(t.clamp(0.0, 255.0).round() as u8);
+        }
+    }
+    GrayImage::from_raw(new_w, new_h, out).unwrap_or_else(|| GrayImage::new(new_w, new_h))
 }
 
 /// Letterbox an 8-bit grey image to `size²` (Lanczos), normalised to [-1, 1] (black padding is −1).
@@ -98,6 +177,28 @@ pub fn normalize(px: &[u8]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_grey_lanczos3_equals_images_bit_for_bit() {
+        use image::imageops::{resize, FilterType};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for (w, h, nw, nh) in [
+            (1024, 1024, 224, 224),
+            (512, 512, 224, 224),
+            (600, 451, 224, 168),
+            (97, 130, 224, 300),
+            (300, 40, 7, 1),
+            (5, 5, 3, 9),
+        ] {
+            let px: Vec<u8> = (0..w * h).map(|_| rng.random()).collect();
+            let img = GrayImage::from_raw(w, h, px).unwrap();
+            let ours = super::resize_lanczos3(&img, nw, nh);
+            let theirs = resize(&img, nw, nh, FilterType::Lanczos3);
+            assert_eq!(ours.dimensions(), theirs.dimensions());
+            assert!(ours == theirs, "{w}×{h} → {nw}×{nh} differs");
+        }
+    }
+
     use super::super::prompt::{format_boxes, parse_boxes};
     use super::*;
 

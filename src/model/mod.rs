@@ -7,6 +7,7 @@
 pub mod base;
 pub mod bundled;
 pub mod config;
+pub mod cpu_kernels;
 pub mod decoder;
 pub mod dinov2;
 pub mod encoder;

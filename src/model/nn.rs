@@ -244,6 +244,25 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // inference on the CPU in f32: row blocks per thread, the bias as the product's starting
+        // value (model::cpu_kernels); `mkl` builds keep candle's matmul, which is MKL's there
+        if self.lora.is_none()
+            && !cfg!(feature = "mkl")
+            && fast_cpu_activation(x)
+            && self.weight.dtype() == DType::F32
+        {
+            let k = x.dim(D::Minus1)?;
+            let mut shape = x.dims()[..x.rank() - 1].to_vec();
+            let x2 = x.reshape(((), k))?.contiguous()?;
+            let w = self.weight.contiguous()?;
+            let op = super::cpu_kernels::CpuLinear;
+            let y = match &self.bias {
+                Some(b) => x2.apply_op3_no_bwd(&w, &b.contiguous()?, &op)?,
+                None => x2.apply_op2_no_bwd(&w, &op)?,
+            };
+            shape.push(y.dim(1)?);
+            return y.reshape(shape);
+        }
         let w = self.weight.t()?;
         let y = match x.dims() {
             [b, t, k] => x.reshape((b * t, *k))?.matmul(&w)?.reshape((*b, *t, ()))?,
@@ -368,6 +387,38 @@ fn tanh_f32(x: f32) -> f32 {
     x * p / q
 }
 
+/// [`FastGelu`] over one chunk (inlined into [`super::cpu_kernels::with_simd`]'s widest variant).
+#[inline(always)]
+fn gelu_chunk(ys: &mut [f32], xs: &[f32], exact: bool) {
+    // beyond ±10 GELU is 0 or x in f32 (to within 1e-6), while 1 ± erf/tanh from the
+    // approximations can be a rounding step off, which a huge |x| would scale up
+    const SATURATED: f32 = 10.0;
+    if exact {
+        for (y, &x) in ys.iter_mut().zip(xs) {
+            let g = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+            *y = if x < -SATURATED {
+                0.0
+            } else if x > SATURATED {
+                x
+            } else {
+                g
+            };
+        }
+    } else {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        for (y, &x) in ys.iter_mut().zip(xs) {
+            let g = 0.5 * x * (1.0 + tanh_f32(SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)));
+            *y = if x < -SATURATED {
+                0.0
+            } else if x > SATURATED {
+                x
+            } else {
+                g
+            };
+        }
+    }
+}
+
 impl candle_core::CustomOp1 for FastGelu {
     fn name(&self) -> &'static str {
         if self.exact {
@@ -387,32 +438,20 @@ impl candle_core::CustomOp1 for FastGelu {
         };
         let xs = &storage.as_slice::<f32>()?[start..end];
         let mut ys = vec![0f32; xs.len()];
-        // beyond ±10 GELU is 0 or x in f32 (to within 1e-6), while 1 ± erf/tanh from the
-        // approximations can be a rounding step off, which a huge |x| would scale up
-        const SATURATED: f32 = 10.0;
-        if self.exact {
-            for (y, &x) in ys.iter_mut().zip(xs) {
-                let g = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                *y = if x < -SATURATED {
-                    0.0
-                } else if x > SATURATED {
-                    x
-                } else {
-                    g
-                };
-            }
+        let exact = self.exact;
+        let chunk = |(ys, xs): (&mut [f32], &[f32])| {
+            super::cpu_kernels::with_simd(|| gelu_chunk(ys, xs, exact))
+        };
+        // an MLP's activations (257 × 1536 for lofi-dino) split over the cores, as candle's own
+        // elementwise ops are
+        const CHUNK: usize = 16 * 1024;
+        if xs.len() >= 4 * CHUNK {
+            use rayon::prelude::*;
+            ys.par_chunks_mut(CHUNK)
+                .zip(xs.par_chunks(CHUNK))
+                .for_each(chunk);
         } else {
-            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-            for (y, &x) in ys.iter_mut().zip(xs) {
-                let g = 0.5 * x * (1.0 + tanh_f32(SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)));
-                *y = if x < -SATURATED {
-                    0.0
-                } else if x > SATURATED {
-                    x
-                } else {
-                    g
-                };
-            }
+            chunk((&mut ys, xs));
         }
         Ok((candle_core::CpuStorage::F32(ys), layout.shape().clone()))
     }
@@ -444,6 +483,37 @@ pub fn attention(
         candle_nn::ops::softmax(&w, D::Minus1)?
     };
     w.matmul(v)
+}
+
+/// Multi-head attention on projections laid out `(B, T, H·d)`, no mask: `q` `(B, Tq, H·d)`, `k` and
+/// `v` `(B, Tk, H·d)` → `(B, Tq, H·d)` (the heads merged back). On the [`fast_path`] for f32 on the
+/// CPU this is [`CpuAttention`](super::cpu_kernels::CpuAttention), which reads the heads in
+/// place; otherwise [`split_heads`], [`attention`] and [`merge_heads`].
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    if fast_path() && q.device().is_cpu() && q.dtype() == DType::F32 {
+        let op = super::cpu_kernels::CpuAttention {
+            heads,
+            scale: scale as f32,
+        };
+        return q
+            .contiguous()?
+            .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op);
+    }
+    let o = attention(
+        &split_heads(q, heads)?,
+        &split_heads(k, heads)?,
+        &split_heads(v, heads)?,
+        scale,
+        None,
+        None,
+    )?;
+    merge_heads(&o)
 }
 
 /// `(B, T, H·d)` → `(B, H, T, d)`.
@@ -643,9 +713,10 @@ mod tests {
     #[test]
     fn the_fast_cpu_gelus_match_candles_libm_ones() {
         let dev = Device::Cpu;
-        // every f32 step of 1/1024 over [-12, 12], where both functions bend and saturate,
-        // plus a few extreme inputs
-        let mut v: Vec<f32> = (-12 * 1024..=12 * 1024)
+        // every f32 step of 1/1024 over [-40, 40], where both functions bend and saturate
+        // (81,921 values: enough for the op to split them over rayon's threads), plus a few
+        // extreme inputs
+        let mut v: Vec<f32> = (-40 * 1024..=40 * 1024)
             .map(|i| i as f32 / 1024.0)
             .collect();
         v.extend([-1e30, -100.0, 100.0, 1e30, f32::MIN_POSITIVE, -0.0]);
@@ -712,12 +783,31 @@ mod tests {
         let (cos, sin) = rope_tables(16, 10_000.0, 7, DType::F32, &dev).unwrap();
         let mask = causal_mask(7, 0, None, DType::F32, &dev).unwrap();
         let q = Tensor::randn(0f32, 1.0, (2, 3, 7, 16), &dev).unwrap();
+        let q3 = Tensor::randn(0f32, 1.0, (2, 5, 32), &dev).unwrap();
+        let kv3 = Tensor::randn(0f32, 1.0, (2, 9, 32), &dev).unwrap();
+        let lin = Linear::from_tensors(
+            Tensor::randn(0f32, 0.2, (24, 32), &dev).unwrap(),
+            Some(Tensor::randn(0f32, 1.0, 24, &dev).unwrap()),
+        );
         let run = || -> Vec<Tensor> {
             vec![
                 ln.forward(&x).unwrap(),
                 rms.forward(&x).unwrap(),
                 rope(&x, &cos, &sin).unwrap(),
                 attention(&q, &x, &x, 0.25, Some(&mask), Some(50.0)).unwrap(),
+                // the CPU attention kernel: batches, heads, Tq ≠ Tk, one query (MAP heads)
+                multi_head_attention(&q3, &kv3, &kv3.sqr().unwrap(), 4, 0.3).unwrap(),
+                multi_head_attention(&q3.narrow(1, 0, 1).unwrap(), &kv3, &kv3, 4, 0.3).unwrap(),
+                multi_head_attention(&kv3, &kv3, &kv3, 4, 0.5).unwrap(),
+                // the CPU linear kernel (bias first, then the product), 3-d and 2-d inputs,
+                // row blocks per thread and one row (gemm's own threads)
+                lin.forward(&q3).unwrap(),
+                lin.forward(&kv3.get(0).unwrap()).unwrap(),
+                lin.forward(&kv3.get(0).unwrap().narrow(0, 2, 1).unwrap())
+                    .unwrap(),
+                Linear::from_tensors(lin.weight().clone(), None)
+                    .forward(&kv3)
+                    .unwrap(),
             ]
         };
         assert!(!fused());
