@@ -253,6 +253,9 @@ impl CpuAttention {
 pub struct CpuLinear;
 
 impl CpuLinear {
+    /// The op's name, with or without the bias.
+    const NAME: &'static str = "cpu-linear";
+
     fn run(
         &self,
         (s1, l1): (&CpuStorage, &Layout),
@@ -323,7 +326,7 @@ impl CpuLinear {
 
 impl candle_core::CustomOp3 for CpuLinear {
     fn name(&self) -> &'static str {
-        "cpu-linear"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -341,7 +344,7 @@ impl candle_core::CustomOp3 for CpuLinear {
 
 impl candle_core::CustomOp2 for CpuLinear {
     fn name(&self) -> &'static str {
-        "cpu-linear"
+        Self::NAME
     }
 
     fn cpu_fwd(

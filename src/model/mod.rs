@@ -12,6 +12,7 @@ pub mod decoder;
 pub mod dinov2;
 pub mod encoder;
 pub mod fusion;
+pub mod gelu;
 pub mod gemma_text;
 pub mod image;
 pub mod load;
